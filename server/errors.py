@@ -1,0 +1,36 @@
+"""Errors of the Staffel server, one tree for every domain.
+
+    StaffelError
+    ├── InvalidArgumentError   input that can never succeed as sent
+    ├── NotFoundError          names something that does not exist
+    ├── AlreadyExistsError     would create something that exists
+    ├── FailedPreconditionError  valid, but not in the current state
+    └── RepositoryError        signing or metadata could not be produced
+
+The gRPC layer maps each class to one status code (``server.api.status``);
+domain code raises these and never touches gRPC.
+"""
+
+
+class StaffelError(Exception):
+    """Base of every error the server raises on purpose."""
+
+
+class InvalidArgumentError(StaffelError):
+    """The request is malformed; resending it unchanged cannot succeed."""
+
+
+class NotFoundError(StaffelError):
+    """The request names a vehicle, image, bundle or campaign that does not exist."""
+
+
+class AlreadyExistsError(StaffelError):
+    """The request would create something that already exists."""
+
+
+class FailedPreconditionError(StaffelError):
+    """The request is valid but not allowed in the current state."""
+
+
+class RepositoryError(StaffelError):
+    """TUF metadata could not be produced (missing keys, broken store)."""

@@ -1,0 +1,5 @@
+"""Persistence: one SQL database (SQLite by default, PostgreSQL in production)."""
+
+from server.store.db import Database
+
+__all__ = ["Database"]

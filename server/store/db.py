@@ -1,0 +1,76 @@
+"""Engine and sessions for the server's SQL store."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+# Every domain keeps its tables beside its code; they are imported here so that
+# `create_all` knows them all.
+_MODEL_MODULES = (
+    "server.repository.models",
+    "server.fleet.models",
+    "server.campaigns.models",
+)
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """A SQLAlchemy engine plus the session helpers every domain uses."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        """Opens the database at ``url`` (any SQLAlchemy URL) and creates missing tables."""
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _enable_sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        database = cls(engine)
+        database.create_all()
+        return database
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> Database:
+        """The default store: a SQLite file inside the server's data directory."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls.from_url(f"sqlite:///{data_dir / 'staffel.db'}")
+
+    def create_all(self) -> None:
+        """Creates every table that does not exist yet."""
+        for module in _MODEL_MODULES:
+            importlib.import_module(module)
+        SQLModel.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back on any exception."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        """Closes every pooled connection."""
+        self.engine.dispose()
