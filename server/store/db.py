@@ -16,6 +16,7 @@ from sqlmodel import Session, SQLModel, create_engine
 # `create_all` knows them all.
 _MODEL_MODULES = (
     "server.repository.models",
+    "server.releases.models",
     "server.fleet.models",
     "server.campaigns.models",
 )

@@ -1,0 +1,1 @@
+"""gRPC servicers: thin shells that translate messages and call the domain code."""

@@ -1,0 +1,101 @@
+"""One place that turns domain errors into gRPC status codes, and times every call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from sqlalchemy.exc import OperationalError
+
+from server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    RepositoryError,
+    StaffelError,
+)
+from server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[StaffelError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    RepositoryError: grpc.StatusCode.INTERNAL,
+}
+
+
+def status_code_for(error: StaffelError) -> grpc.StatusCode:
+    """The gRPC status code of a domain error."""
+    for cls in type(error).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Maps StaffelError to its status code and records latency by method."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        metrics = self._metrics
+
+        async def guarded(behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except StaffelError as error:
+                code = status_code_for(error)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                await context.abort(code, str(error))
+            except OperationalError as error:
+                code = grpc.StatusCode.UNAVAILABLE
+                log.warning("%s: database unavailable: %s", method, error.orig)
+                await context.abort(code, "the server's database is unavailable; retry later")
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: Any) -> Any:
+                return await guarded(inner_uu, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+                return await guarded(inner_su, requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,106 @@
+"""VehicleService: check-ins and event reports."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
+
+from server.campaigns.checkin import check_in
+from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
+from server.errors import InvalidArgumentError
+from server.fleet.registry import EcuSpec
+from server.metrics import ServerMetrics
+from server.repository.director import Director
+from server.store import Database
+
+
+def _event_kind(value: int) -> EventKind:
+    if value == vehicle_pb2.EVENT_KIND_UNSPECIFIED or value not in vehicle_pb2.EventKind.values():
+        raise InvalidArgumentError(f"event kind {value} is not valid")
+    return EventKind(vehicle_pb2.EventKind.Name(value).removeprefix("EVENT_KIND_").lower())  # type: ignore[arg-type]
+
+
+def _failure_type(value: int) -> FailureType:
+    if value not in vehicle_pb2.FailureType.values():
+        raise InvalidArgumentError(f"failure type {value} is not valid")
+    if value == vehicle_pb2.FAILURE_TYPE_UNSPECIFIED:
+        return FailureType.NONE
+    return FailureType(vehicle_pb2.FailureType.Name(value).removeprefix("FAILURE_TYPE_").lower())  # type: ignore[arg-type]
+
+
+def reported_event(message: vehicle_pb2.VehicleEvent) -> ReportedEvent:
+    """The domain form of an event message."""
+    occurred_at = (
+        message.occurred_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("occurred_at")
+        else datetime.now(UTC)
+    )
+    return ReportedEvent(
+        event_id=message.event_id,
+        assignment_id=message.assignment_id,
+        kind=_event_kind(message.kind),
+        failure_type=_failure_type(message.failure_type),
+        detail=message.detail,
+        slot=message.slot,
+        occurred_at=occurred_at,
+    )
+
+
+class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
+    """Answers vehicles (directly or through a relay)."""
+
+    def __init__(
+        self, *, database: Database, director: Director, metrics: ServerMetrics, poll_seconds: int
+    ) -> None:
+        self._database = database
+        self._director = director
+        self._metrics = metrics
+        self._poll_seconds = poll_seconds
+
+    async def CheckIn(
+        self, request: vehicle_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vehicle_pb2.CheckInResponse:
+        ecus = [
+            EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
+        ]
+        result = await asyncio.to_thread(
+            check_in,
+            self._database,
+            self._director,
+            vin=request.vin,
+            ecus=ecus,
+            nonce=request.nonce,
+            poll_seconds=self._poll_seconds,
+        )
+        if result.director is None:
+            self._metrics.checkins.labels("nothing_to_do").inc()
+            return vehicle_pb2.CheckInResponse(
+                nothing_to_do=vehicle_pb2.NothingToDo(), next_poll_seconds=result.next_poll_seconds
+            )
+        self._metrics.checkins.labels("update").inc()
+        return vehicle_pb2.CheckInResponse(
+            update=vehicle_pb2.UpdateOffer(
+                assignment_id=result.assignment_id,
+                director=vehicle_pb2.DirectorMetadata(
+                    timestamp=result.director.timestamp,
+                    snapshot=result.director.snapshot,
+                    targets=result.director.targets,
+                ),
+            ),
+            next_poll_seconds=result.next_poll_seconds,
+        )
+
+    async def ReportEvents(
+        self, request: vehicle_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vehicle_pb2.ReportEventsResponse:
+        events = [reported_event(e) for e in request.events]
+        outcome = await asyncio.to_thread(record_events, self._database, request.vin, events)
+        for kind in outcome.new_kinds:
+            self._metrics.vehicle_events.labels(kind.value).inc()
+        return vehicle_pb2.ReportEventsResponse(
+            accepted=outcome.accepted, duplicates=outcome.duplicates
+        )

@@ -1,0 +1,1 @@
+"""Campaigns: roll a bundle out across a selection of the fleet, and track each vehicle."""

@@ -1,0 +1,1 @@
+"""The release managers' command line, ``staffel``."""

@@ -1,0 +1,1 @@
+"""The fleet registry: vehicles, their ECUs, provisioning."""

@@ -1,0 +1,30 @@
+"""Tables of the fleet registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+
+class Vehicle(SQLModel, table=True):
+    """A vehicle known to the fleet, registered at provisioning."""
+
+    __tablename__ = "fleet_vehicle"
+
+    vin: str = Field(primary_key=True, max_length=17)
+    model: str = Field(index=True, max_length=64)
+    registered_at: datetime
+    last_seen: datetime | None = None
+
+
+class Ecu(SQLModel, table=True):
+    """An ECU of a vehicle; the primary one (the gateway) talks to the server."""
+
+    __tablename__ = "fleet_ecu"
+
+    serial: str = Field(primary_key=True, max_length=64)
+    vin: str = Field(foreign_key="fleet_vehicle.vin", index=True, max_length=17)
+    hardware_id: str = Field(max_length=64)
+    primary: bool = False
+    installed_sha256: str = Field(default="", max_length=64)

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the central server (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class ServerMetrics:
+    """The series the server exports at ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.rpc_latency = Histogram(
+            "staffel_grpc_server_handling_seconds",
+            "Time to handle a gRPC call, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.checkins = Counter(
+            "staffel_checkins_total",
+            "Vehicle check-ins, by outcome (nothing_to_do, update).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.vehicle_events = Counter(
+            "staffel_vehicle_events_total",
+            "Vehicle events recorded, by kind; resends are not counted.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.images_published = Counter(
+            "staffel_images_published_total",
+            "Images published into the Image repository.",
+            registry=self.registry,
+        )
+        self.image_bytes_received = Counter(
+            "staffel_image_bytes_received_total",
+            "Bytes of images received by UploadImage.",
+            registry=self.registry,
+        )

@@ -1,0 +1,42 @@
+"""Tables of the release catalog."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+
+class Image(SQLModel, table=True):
+    """An uploaded ECU image; its bytes live in the blob store, its target in the Image repo."""
+
+    __tablename__ = "release_image"
+
+    target_name: str = Field(primary_key=True, max_length=129)
+    name: str = Field(index=True, max_length=64)
+    version: str = Field(max_length=64)
+    hardware_id: str = Field(max_length=64)
+    release_counter: int
+    sha256: str = Field(index=True, max_length=64)
+    length: int
+    uploaded_at: datetime
+
+
+class Bundle(SQLModel, table=True):
+    """Images for one vehicle model, one per hardware id; immutable once created."""
+
+    __tablename__ = "release_bundle"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    vehicle_model: str = Field(max_length=64)
+    created_at: datetime
+
+
+class BundleImage(SQLModel, table=True):
+    """Membership of an image in a bundle."""
+
+    __tablename__ = "release_bundle_image"
+
+    bundle_id: int = Field(foreign_key="release_bundle.id", primary_key=True)
+    target_name: str = Field(foreign_key="release_image.target_name", primary_key=True)

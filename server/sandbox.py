@@ -1,0 +1,238 @@
+"""A whole Staffel installation on loopback: server, relay and vehicles as real processes.
+
+Used by ``make demo`` and by the end-to-end tests. Every process binds port 0 and reports
+its addresses through a ready file; every process is stopped when the sandbox closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from server.errors import StaffelError
+
+READY_TIMEOUT_SECONDS = 30.0
+
+
+def tool(name: str) -> str:
+    """The path of one of Staffel's console scripts, next to the running interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class Service:
+    """A background process and the addresses it reported."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    grpc: str
+    http: str
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or a crash would."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class VehicleSetup:
+    """Where one simulated vehicle keeps its config, state and slots."""
+
+    vin: str
+    directory: Path
+    serial: str
+    hardware_id: str
+
+    @property
+    def config(self) -> Path:
+        """The client's config file."""
+        return self.directory / "client.toml"
+
+    @property
+    def slots(self) -> Path:
+        """The folder holding the file-backed A/B slot pair."""
+        return self.directory / "slots"
+
+
+@dataclass
+class Sandbox:
+    """Starts Staffel's processes under ``root`` and stops them all on exit."""
+
+    root: Path
+    database_url: str | None = None
+    services: list[Service] = field(default_factory=list)
+
+    def __enter__(self) -> Sandbox:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for service in reversed(self.services):
+            service.stop()
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs a command to completion and returns its output."""
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+        if check and result.returncode != 0:
+            raise StaffelError(
+                f"{' '.join(command)} exited {result.returncode}: {result.stderr.strip()}"
+            )
+        return result
+
+    def start(self, name: str, *command: str) -> Service:
+        """Starts a long-running process that writes ``--ready-file`` and waits for it."""
+        ready = self.root / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log_path = self.root / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [*command, "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise StaffelError(f"{name} did not start; its log ends with:\n{tail}")
+            time.sleep(0.05)
+        addresses = json.loads(ready.read_text())
+        service = Service(name, process, addresses["grpc"], addresses["http"], log_path)
+        self.services.append(service)
+        return service
+
+    def init_keys(self) -> Path:
+        """Creates the key set of both repositories (outside any git tree)."""
+        keys = self.root / "keys"
+        if not (keys / "keyset.json").exists():
+            self.run(tool("staffel"), "keys", "init", "--dir", str(keys))
+        return keys
+
+    def start_server(self, name: str = "server", poll_seconds: int = 5) -> Service:
+        """Starts the central server on free loopback ports."""
+        command = [
+            tool("staffel-server"),
+            "--data-dir", str(self.root / name),
+            "--keys-dir", str(self.init_keys()),
+            "--grpc-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+            "--poll-seconds", str(poll_seconds),
+        ]  # fmt: skip
+        if self.database_url:
+            command += ["--database-url", self.database_url]
+        return self.start(name, *command)
+
+    def start_relay(self, upstream: Service, name: str = "relay") -> Service:
+        """Starts an edge relay in front of ``upstream``."""
+        return self.start(
+            name,
+            tool("staffel-relay"),
+            "--upstream", upstream.http,
+            "--upstream-grpc", upstream.grpc,
+            "--cache-dir", str(self.root / name / "cache"),
+            "--grpc-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0",
+        )  # fmt: skip
+
+    def staffel(self, server: Service, *arguments: str) -> str:
+        """Runs the release managers' CLI against ``server`` and returns its output."""
+        return self.run(tool("staffel"), "--server", server.grpc, *arguments).stdout
+
+    def provision_vehicle(
+        self,
+        server: Service,
+        via: Service,
+        *,
+        vin: str,
+        model: str,
+        hardware_id: str,
+        health_command: Sequence[str] = ("/bin/true",),
+    ) -> VehicleSetup:
+        """Registers a vehicle with one gateway ECU and writes its client config.
+
+        The vehicle talks to ``via`` (a relay, or the server itself).
+        """
+        directory = self.root / "vehicles" / vin
+        serial = f"gw-{vin[-6:].lower()}"
+        self.staffel(
+            server, "fleet", "provision", "--vin", vin, "--model", model,
+            "--ecu", f"{serial}:{hardware_id}:primary", "--out", str(directory),
+        )  # fmt: skip
+        vehicle = VehicleSetup(vin=vin, directory=directory, serial=serial, hardware_id=hardware_id)
+        vehicle.slots.mkdir(parents=True, exist_ok=True)
+        health = ", ".join(json.dumps(part) for part in health_command)
+        vehicle.config.write_text(
+            f'vin = "{vin}"\n'
+            f'grpc_target = "{via.grpc}"\n'
+            f'repo_url = "{via.http}"\n'
+            'state_dir = "state"\n'
+            'image_root = "image-root.json"\n'
+            'director_root = "director-root.json"\n'
+            "poll_interval_seconds = 5\n\n"
+            "[[ecus]]\n"
+            f'serial = "{serial}"\n'
+            f'hardware_id = "{hardware_id}"\n'
+            "primary = true\n\n"
+            "[slots]\n"
+            'backend = "file"\n'
+            'directory = "slots"\n'
+            "max_tries = 3\n\n"
+            "[health]\n"
+            f"command = [{health}]\n"
+            "timeout_seconds = 30\n"
+        )
+        return vehicle
+
+    def client_once(self, vehicle: VehicleSetup) -> subprocess.Popen[str]:
+        """Starts one update cycle of a vehicle's client; its stdout is a pipe."""
+        return subprocess.Popen(
+            [tool("staffel-client"), "--config", str(vehicle.config), "--once"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def stream_lines(processes: Sequence[subprocess.Popen[str]]) -> Iterator[str]:
+    """Yields the output lines of several processes as they come, until all have exited."""
+    import selectors  # noqa: PLC0415 - only the demo and tests stream output
+
+    selector = selectors.DefaultSelector()
+    for process in processes:
+        if process.stdout is not None:
+            selector.register(process.stdout, selectors.EVENT_READ)
+    while selector.get_map():
+        for key, _ in selector.select(timeout=1.0):
+            line = key.fileobj.readline()  # type: ignore[union-attr]
+            if line:
+                yield line.rstrip("\n")
+            else:
+                selector.unregister(key.fileobj)
+    for process in processes:
+        process.wait()
