@@ -16,9 +16,9 @@ from server.store import Database
 POSTGRES_ADMIN_URL = os.environ.get("STAFFEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    """A fresh PostgreSQL database for one test, dropped at its end."""
     name = f"staffel_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -36,12 +36,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     url: str = request.getfixturevalue("postgres_url")
     yield url
-    # Leave the shared per-run database empty for the next test.
-    from sqlmodel import SQLModel, create_engine
-
-    engine = create_engine(url)
-    SQLModel.metadata.drop_all(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -1,0 +1,196 @@
+"""Every API answers bad input with a precise gRPC status, over a real socket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from staffel.v1 import (
+    campaign_pb2,
+    campaign_pb2_grpc,
+    fleet_pb2,
+    fleet_pb2_grpc,
+    release_pb2,
+    release_pb2_grpc,
+    vehicle_pb2,
+    vehicle_pb2_grpc,
+)
+
+from keys.keyset import init_keyset
+from server.app import ServerConfig, StaffelServer
+
+VIN = "WSF00000000000001"
+
+
+@pytest.fixture
+async def channel(tmp_path: Path, database_url: str) -> AsyncIterator[grpc.aio.Channel]:
+    init_keyset(tmp_path / "keys")
+    server = StaffelServer(
+        ServerConfig(
+            data_dir=tmp_path / "data",
+            keys_dir=tmp_path / "keys",
+            database_url=database_url,
+            grpc_listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
+        )
+    )
+    await server.start()
+    async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+        yield channel
+    await server.stop()
+
+
+async def expect_status(code: grpc.StatusCode, call: object, match: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    assert raised.value.code() == code
+    assert match in (raised.value.details() or "")
+
+
+async def upload(
+    channel: grpc.aio.Channel, version: str, counter: int, data: bytes
+) -> release_pb2.Image:
+    async def chunks() -> AsyncIterator[release_pb2.UploadImageChunk]:
+        yield release_pb2.UploadImageChunk(
+            header=release_pb2.ImageHeader(
+                name="gw", version=version, hardware_id="gw-x1", release_counter=counter
+            )
+        )
+        yield release_pb2.UploadImageChunk(data=data)
+
+    return await release_pb2_grpc.ReleaseServiceStub(channel).UploadImage(chunks())
+
+
+async def test_fleet_statuses(channel: grpc.aio.Channel) -> None:
+    fleet = fleet_pb2_grpc.FleetServiceStub(channel)
+    gateway = fleet_pb2.Ecu(serial="gw-1", hardware_id="gw-x1", primary=True)
+    answer = await fleet.ProvisionVehicle(
+        fleet_pb2.ProvisionVehicleRequest(vin=VIN, model="sedan", ecus=[gateway])
+    )
+    assert b'"_type": "root"' in answer.image_root or b'"_type":"root"' in answer.image_root
+    assert answer.director_root != answer.image_root
+    await expect_status(
+        grpc.StatusCode.ALREADY_EXISTS,
+        fleet.ProvisionVehicle(
+            fleet_pb2.ProvisionVehicleRequest(vin=VIN, model="sedan", ecus=[gateway])
+        ),
+        "registered already",
+    )
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fleet.ProvisionVehicle(
+            fleet_pb2.ProvisionVehicleRequest(vin="short", model="sedan", ecus=[gateway])
+        ),
+        "VIN",
+    )
+    await expect_status(
+        grpc.StatusCode.NOT_FOUND,
+        fleet.GetVehicle(fleet_pb2.GetVehicleRequest(vin="WSF00000000000002")),
+        "not registered",
+    )
+
+
+async def test_vehicle_statuses(channel: grpc.aio.Channel) -> None:
+    vehicles = vehicle_pb2_grpc.VehicleServiceStub(channel)
+    await fleet_pb2_grpc.FleetServiceStub(channel).ProvisionVehicle(
+        fleet_pb2.ProvisionVehicleRequest(
+            vin=VIN,
+            model="sedan",
+            ecus=[fleet_pb2.Ecu(serial="gw-1", hardware_id="gw-x1", primary=True)],
+        )
+    )
+    good_ecu = vehicle_pb2.EcuVersion(serial="gw-1", hardware_id="gw-x1", primary=True)
+    quiet = await vehicles.CheckIn(
+        vehicle_pb2.CheckInRequest(vin=VIN, ecus=[good_ecu], nonce=os.urandom(32))
+    )
+    assert quiet.WhichOneof("outcome") == "nothing_to_do"
+    assert quiet.next_poll_seconds > 0
+    await expect_status(
+        grpc.StatusCode.NOT_FOUND,
+        vehicles.CheckIn(
+            vehicle_pb2.CheckInRequest(
+                vin="WSF00000000000002", ecus=[good_ecu], nonce=os.urandom(32)
+            )
+        ),
+        "not registered",
+    )
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        vehicles.CheckIn(vehicle_pb2.CheckInRequest(vin=VIN, ecus=[good_ecu], nonce=b"short")),
+        "nonce",
+    )
+    wrong_hardware = vehicle_pb2.EcuVersion(serial="gw-1", hardware_id="gw-x2", primary=True)
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        vehicles.CheckIn(
+            vehicle_pb2.CheckInRequest(vin=VIN, ecus=[wrong_hardware], nonce=os.urandom(32))
+        ),
+        "hardware id",
+    )
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        vehicles.ReportEvents(
+            vehicle_pb2.ReportEventsRequest(
+                vin=VIN,
+                events=[
+                    vehicle_pb2.VehicleEvent(event_id="x", kind=vehicle_pb2.EVENT_KIND_COMMITTED)
+                ],
+            )
+        ),
+        "event id",
+    )
+
+
+async def test_release_and_campaign_statuses(channel: grpc.aio.Channel) -> None:
+    image = await upload(channel, "1.0", 1, b"firmware" * 1000)
+    assert image.target_name == "gw-1.0"
+    assert image.length == 8000
+    await expect_status(
+        grpc.StatusCode.ALREADY_EXISTS, upload(channel, "1.0", 2, b"other"), "exists already"
+    )
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, upload(channel, "0.9", 1, b"older"), "release counter"
+    )
+
+    async def headless() -> AsyncIterator[release_pb2.UploadImageChunk]:
+        yield release_pb2.UploadImageChunk(data=b"no header")
+
+    releases = release_pb2_grpc.ReleaseServiceStub(channel)
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, releases.UploadImage(headless()), "header"
+    )
+    await expect_status(
+        grpc.StatusCode.NOT_FOUND,
+        releases.CreateBundle(
+            release_pb2.CreateBundleRequest(
+                name="b", vehicle_model="sedan", image_target_names=["gw-9.9"]
+            )
+        ),
+        "gw-9.9",
+    )
+    bundle = await releases.CreateBundle(
+        release_pb2.CreateBundleRequest(
+            name="b", vehicle_model="sedan", image_target_names=["gw-1.0"]
+        )
+    )
+    campaigns = campaign_pb2_grpc.CampaignServiceStub(channel)
+    draft = await campaigns.CreateCampaign(
+        campaign_pb2.CreateCampaignRequest(
+            name="c",
+            bundle_id=bundle.bundle_id,
+            selector=campaign_pb2.FleetSelector(vehicle_model="sedan"),
+        )
+    )
+    await expect_status(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        campaigns.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=draft.campaign_id)),
+        "selects no vehicle",
+    )
+    await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        campaigns.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id="nope")),
+        "campaign id",
+    )
