@@ -152,8 +152,7 @@ class StaffelServer:
         await self._http.setup()
         site = web.TCPSite(self._http, http_host, http_port)
         await site.start()
-        sockets = site._server.sockets if site._server else ()
-        actual_port = sockets[0].getsockname()[1] if sockets else http_port
+        actual_port = self._http.addresses[0][1]
         self.http_url = f"http://{http_host}:{actual_port}"
         for service in (*SERVICES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)

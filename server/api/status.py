@@ -39,7 +39,7 @@ def status_code_for(error: StaffelError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
+class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps StaffelError to its status code and records latency by method."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
@@ -47,12 +47,15 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        # None for a method no servicer implements; gRPC then answers UNIMPLEMENTED.
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
         if handler is None:
-            return handler
+            return handler  # type: ignore[return-value]
         method = handler_call_details.method
         metrics = self._metrics
 

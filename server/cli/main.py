@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except grpc.RpcError as error:
-        print(f"staffel: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"staffel: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except CliError as error:
         print(f"staffel: {error}", file=sys.stderr)

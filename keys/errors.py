@@ -1,0 +1,30 @@
+"""Errors of the key tooling, drawn as a tree.
+
+    KeyToolError
+    ├── KeySetExistsError      a key set is already in the directory
+    ├── KeySetNotFoundError    no key set (or a missing key file) in the directory
+    ├── KeySetInvalidError     keyset.json or a key file cannot be understood
+    └── PassphraseError        the keys are encrypted and the passphrase is missing or wrong
+
+Every message says what to do next.
+"""
+
+
+class KeyToolError(Exception):
+    """Base of every error the key tooling raises on purpose."""
+
+
+class KeySetExistsError(KeyToolError):
+    """A key set exists already; keys are never overwritten."""
+
+
+class KeySetNotFoundError(KeyToolError):
+    """The directory holds no key set, or a key file of the set is missing."""
+
+
+class KeySetInvalidError(KeyToolError):
+    """The key set's index or one of its key files is malformed."""
+
+
+class PassphraseError(KeyToolError):
+    """The private keys are encrypted and no (or a wrong) passphrase was given."""
