@@ -1,0 +1,1 @@
+"""The edge relay: caches signed metadata and blobs for a site, forwards vehicle RPCs upstream."""

@@ -1,0 +1,262 @@
+"""The relay process: ``staffel-relay``, one asyncio loop serving HTTP and gRPC.
+
+staffel-relay --upstream URL --upstream-grpc HOST:PORT --cache-dir DIR
+              [--grpc-listen HOST:PORT] [--http-listen HOST:PORT] [--ready-file PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
+
+from server.relay.cache import ContentCache
+from server.relay.config import ListenAddress, RelayConfig
+from server.relay.errors import ListenError, RelayConfigError, RelayError
+from server.relay.forwarder import VehicleForwarder
+from server.relay.http import create_app
+from server.relay.metrics import RelayMetrics
+from server.relay.mirror import SiteMirror
+from server.relay.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+_VEHICLE_SERVICE = vehicle_pb2.DESCRIPTOR.services_by_name["VehicleService"].full_name
+
+
+@dataclass(frozen=True)
+class RelayAddresses:
+    """Where a started relay really listens (ports resolved when 0 was asked for)."""
+
+    grpc: str
+    http: str
+
+    def to_json(self) -> str:
+        """The ready-file document: ``{"grpc": "HOST:PORT", "http": "http://HOST:PORT"}``."""
+        return json.dumps({"grpc": self.grpc, "http": self.http})
+
+
+class Relay:
+    """One relay: its cache, upstream session, HTTP site and gRPC server.
+
+    Build it with ``Relay.from_config``, then ``await relay.start()`` and
+    ``await relay.stop()``, or use it as an async context manager. Everything started is owned
+    here and released by ``stop`` in reverse order.
+    """
+
+    def __init__(self, *, config: RelayConfig, metrics: RelayMetrics) -> None:
+        """Prefer ``Relay.from_config``."""
+        self.config = config
+        self.metrics = metrics
+        self._resources: AsyncExitStack | None = None
+        self._addresses: RelayAddresses | None = None
+
+    @classmethod
+    def from_config(cls, config: RelayConfig) -> Relay:
+        """A relay for ``config`` with fresh metrics; nothing is started yet."""
+        return cls(config=config, metrics=RelayMetrics.create())
+
+    @property
+    def addresses(self) -> RelayAddresses:
+        """Where the started relay listens.
+
+        Raises:
+            RelayError: The relay is not started.
+        """
+        if self._addresses is None:
+            raise RelayError("the relay is not started; call start() first")
+        return self._addresses
+
+    async def start(self) -> RelayAddresses:
+        """Opens the cache and the upstream, then serves HTTP and gRPC.
+
+        Raises:
+            CacheError: The cache directory cannot be prepared.
+            ListenError: A listen address cannot be bound.
+        """
+        if self._resources is not None:
+            raise RelayError("the relay is already started")
+        config = self.config
+        resources = AsyncExitStack()
+        try:
+            upstream = Upstream.open(config, self.metrics)
+            resources.push_async_callback(upstream.close)
+            cache = await ContentCache.open(config.cache_dir)
+            resources.push_async_callback(cache.close)
+            channel = grpc.aio.insecure_channel(config.upstream_grpc)
+            resources.push_async_callback(channel.close, None)
+            mirror = SiteMirror(config=config, cache=cache, upstream=upstream, metrics=self.metrics)
+            http = await self._serve_http(
+                resources, create_app(mirror=mirror, metrics=self.metrics)
+            )
+            forwarder = VehicleForwarder(
+                channel=channel,
+                upstream=config.upstream_grpc,
+                deadline=config.rpc_deadline,
+                metrics=self.metrics,
+            )
+            grpc_address = await self._serve_grpc(resources, forwarder)
+        except BaseException:
+            await resources.aclose()
+            raise
+        self._resources = resources
+        self._addresses = RelayAddresses(grpc=grpc_address, http=f"http://{http}")
+        return self._addresses
+
+    async def stop(self) -> None:
+        """Stops serving (gRPC health NOT_SERVING first) and releases everything."""
+        resources, self._resources = self._resources, None
+        if resources is not None:
+            await resources.aclose()
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _serve_http(self, resources: AsyncExitStack, app: web.Application) -> str:
+        listen = self.config.http_listen
+        runner = web.AppRunner(app, shutdown_timeout=self.config.shutdown_grace, access_log=None)
+        await runner.setup()
+        resources.push_async_callback(runner.cleanup)
+        try:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        except OSError as exc:
+            raise ListenError(
+                f"cannot serve HTTP on {listen}: {exc}; choose another --http-listen"
+            ) from exc
+        port: int = runner.addresses[0][1]
+        return listen.connectable(port)
+
+    async def _serve_grpc(self, resources: AsyncExitStack, forwarder: VehicleForwarder) -> str:
+        listen = self.config.grpc_listen
+        server = grpc.aio.server()
+        vehicle_pb2_grpc.add_VehicleServiceServicer_to_server(forwarder, server)
+        # grpc-stubs describe only the sync health servicer; the asyncio one is health.aio.
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = str(listen)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ListenError(
+                f"cannot serve gRPC on {address}: {exc}; choose another --grpc-listen"
+            ) from exc
+        await server.start()
+
+        async def stop_grpc() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(self.config.shutdown_grace)
+
+        resources.push_async_callback(stop_grpc)
+        for service in ("", _VEHICLE_SERVICE):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return listen.connectable(port)
+
+
+def write_ready_file(path: Path, addresses: RelayAddresses) -> None:
+    """Writes the ready file atomically (temp file, fsync, rename)."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(addresses.to_json())
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+async def run(config: RelayConfig) -> None:
+    """Serves until SIGTERM or SIGINT, then stops cleanly.
+
+    Raises:
+        RelayError: The relay cannot start.
+    """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        async with Relay.from_config(config) as relay:
+            if config.ready_file is not None:
+                await asyncio.to_thread(write_ready_file, config.ready_file, relay.addresses)
+            logger.info(
+                "relay serving gRPC on %s and HTTP on %s for upstream %s",
+                relay.addresses.grpc,
+                relay.addresses.http,
+                config.upstream_base,
+            )
+            await stopping.wait()
+            logger.info("relay stopping")
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="staffel-relay",
+        description="Edge relay: caches metadata and blobs for a site, forwards vehicle RPCs.",
+    )
+    parser.add_argument("--upstream", required=True, help="upstream HTTP base URL")
+    parser.add_argument("--upstream-grpc", required=True, help="upstream gRPC HOST:PORT")
+    parser.add_argument("--cache-dir", required=True, type=Path, help="cache directory")
+    parser.add_argument("--grpc-listen", default="127.0.0.1:7001", help="gRPC HOST:PORT")
+    parser.add_argument("--http-listen", default="127.0.0.1:7002", help="HTTP HOST:PORT")
+    parser.add_argument("--ready-file", type=Path, help="written with the bound addresses")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the relay until SIGTERM or SIGINT.
+
+    Returns:
+        0 after a clean stop, 1 when the relay cannot start, 2 for a bad command line.
+    """
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = RelayConfig(
+            upstream_url=args.upstream,
+            upstream_grpc=args.upstream_grpc,
+            cache_dir=args.cache_dir,
+            grpc_listen=ListenAddress.parse(args.grpc_listen, option="--grpc-listen"),
+            http_listen=ListenAddress.parse(args.http_listen, option="--http-listen"),
+            ready_file=args.ready_file,
+        )
+    except RelayConfigError as exc:
+        print(f"staffel-relay: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(config))
+    except RelayError as exc:
+        logger.error("relay cannot run: %s", exc)  # noqa: TRY400 (the message says it all)
+        return 1
+    return 0
