@@ -64,6 +64,7 @@ class Relay:
         self.metrics = metrics
         self._resources: AsyncExitStack | None = None
         self._addresses: RelayAddresses | None = None
+        self._cache: ContentCache | None = None
 
     @classmethod
     def from_config(cls, config: RelayConfig) -> Relay:
@@ -81,6 +82,17 @@ class Relay:
             raise RelayError("the relay is not started; call start() first")
         return self._addresses
 
+    @property
+    def cache(self) -> ContentCache:
+        """The started relay's cache.
+
+        Raises:
+            RelayError: The relay is not started.
+        """
+        if self._cache is None:
+            raise RelayError("the relay is not started; call start() first")
+        return self._cache
+
     async def start(self) -> RelayAddresses:
         """Opens the cache and the upstream, then serves HTTP and gRPC.
 
@@ -95,8 +107,11 @@ class Relay:
         try:
             upstream = Upstream.open(config, self.metrics)
             resources.push_async_callback(upstream.close)
-            cache = await ContentCache.open(config.cache_dir)
+            cache = await ContentCache.open(
+                config.cache_dir, budget_bytes=config.cache_budget_bytes, metrics=self.metrics
+            )
             resources.push_async_callback(cache.close)
+            self._cache = cache
             channel = grpc.aio.insecure_channel(config.upstream_grpc)
             resources.push_async_callback(channel.close, None)
             mirror = SiteMirror(config=config, cache=cache, upstream=upstream, metrics=self.metrics)

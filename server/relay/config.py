@@ -57,6 +57,22 @@ class ListenAddress:
         return _join(str(ip), port)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TlsFiles:
+    """The relay's mTLS material (PEM files), issued by the fleet CA (``staffel keys fleet``).
+
+    Attributes:
+        ca_file: The fleet CA certificate: peers (vehicles, relays, the upstream) must chain
+            to it.
+        cert_file: This relay's certificate (server and client use).
+        key_file: This relay's private key.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 def _join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -81,6 +97,17 @@ class RelayConfig:
         timestamp_max_bytes: Largest ``timestamp.json`` accepted from the upstream.
         metadata_max_bytes: Largest versioned metadata file accepted from the upstream.
         blob_max_bytes: Largest blob accepted from the upstream.
+        resume_window: Seconds an interrupted upstream transfer keeps being resumed (with
+            backoff) before the waiting vehicles get an error.
+        cache_budget_bytes: Disk budget for cached blobs; least recently used blobs that no
+            staging plan pins are evicted to stay within it.
+        site: The site this relay serves (``plant-munich``); with TLS, only certificates
+            of this site are answered. Also names the relay's staging plan.
+        relay_id: This relay's name towards the server (staging readiness).
+        tls: Certificates for mTLS towards vehicles and the upstream; ``None`` for plain TCP.
+        staging_interval: Seconds between two fetches of the staging plan (0 disables it).
+        flush_interval: Seconds between two attempts to forward queued events while the
+            uplink is down.
     """
 
     upstream_url: str
@@ -97,6 +124,13 @@ class RelayConfig:
     timestamp_max_bytes: int = 16 * _KIB  # bytes, as python-tuf's UpdaterConfig
     metadata_max_bytes: int = 5_000_000  # bytes, python-tuf's largest (targets)
     blob_max_bytes: int = 16 * _GIB  # bytes
+    resume_window: float = 120.0  # seconds
+    cache_budget_bytes: int = 64 * _GIB  # bytes
+    site: str = ""
+    relay_id: str = ""
+    tls: TlsFiles | None = None
+    staging_interval: float = 0.0  # seconds; 0 = no staging
+    flush_interval: float = 2.0  # seconds
 
     def __post_init__(self) -> None:
         url = urlsplit(self.upstream_url)
@@ -115,10 +149,19 @@ class RelayConfig:
             ("timestamp_max_bytes", 1, 1024 * _KIB),
             ("metadata_max_bytes", 1, 100_000_000),
             ("blob_max_bytes", 1, 1024 * _GIB),
+            ("resume_window", 0.0, 86_400.0),
+            ("cache_budget_bytes", 1, 1024**5),
+            ("staging_interval", 0.0, 86_400.0),
+            ("flush_interval", 0.05, 3600.0),
         ):
             value = getattr(self, name)
             if not low <= value <= high:
                 raise RelayConfigError(f"{name} must lie in {low}..{high}, got {value}")
+
+    @property
+    def upstream_tls(self) -> bool:
+        """True when the upstream is reached over HTTPS (and its gRPC over TLS)."""
+        return self.upstream_url.startswith("https:")
 
     @property
     def upstream_base(self) -> str:

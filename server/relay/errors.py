@@ -9,6 +9,7 @@
         └── UpstreamError             the upstream could not deliver
             ├── UpstreamNotFoundError     the upstream answered 404
             └── UpstreamUnavailableError  unreachable, timed out, bad status or bad bytes
+                └── UpstreamInterruptedError  the connection failed; worth resuming
 
 The HTTP routes map them to status codes in one place (``server.relay.http``):
 ``InvalidPathError`` 400, ``UpstreamNotFoundError`` 404, ``UpstreamUnavailableError`` 502,
@@ -48,3 +49,7 @@ class UpstreamNotFoundError(UpstreamError):
 
 class UpstreamUnavailableError(UpstreamError):
     """The upstream could not be reached or sent something unusable; retry later."""
+
+
+class UpstreamInterruptedError(UpstreamUnavailableError):
+    """The connection to the upstream failed or was cut; a later Range request may resume."""

@@ -1,13 +1,15 @@
 """The site mirror: answers for blobs and metadata from the cache, else from the upstream.
 
-The relay is untrusted for integrity: vehicles verify everything it serves. The mirror checks
-a blob's SHA-256 once, as it arrives from the upstream, so that a damaged transfer is not
-kept forever under a content-addressed name; it does not re-check cached files when serving.
+The relay is untrusted for integrity: vehicles verify everything it serves. The mirror still
+checks a blob's SHA-256 as it arrives (and the cache checks it again before serving a copy
+from disk), so that a damaged transfer is never kept under a content-addressed name. An
+upstream transfer cut by a network failure is resumed with an HTTP Range from the bytes
+already on disk, with backoff, for up to ``resume_window`` seconds.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -15,13 +17,21 @@ from pathlib import Path
 import aiohttp
 
 from server.relay.artifacts import Artifact, ArtifactKind
-from server.relay.cache import ContentCache, Writer
+from server.relay.cache import ContentCache
 from server.relay.config import RelayConfig
-from server.relay.errors import CacheError, UpstreamUnavailableError
+from server.relay.errors import (
+    CacheError,
+    UpstreamInterruptedError,
+    UpstreamUnavailableError,
+)
+from server.relay.fill import Fill
 from server.relay.metrics import RelayMetrics
 from server.relay.upstream import Upstream
 
 logger = logging.getLogger(__name__)
+
+_FIRST_RETRY = 0.2  # seconds before the first resume attempt; doubles up to _LAST_RETRY
+_LAST_RETRY = 2.0  # seconds
 
 
 class SiteMirror:
@@ -41,6 +51,24 @@ class SiteMirror:
         self._upstream = upstream
         self._metrics = metrics
 
+    @property
+    def cache(self) -> ContentCache:
+        """The cache this mirror fills."""
+        return self._cache
+
+    async def open(self, artifact: Artifact) -> Path | Fill:
+        """The cached file of an immutable artifact, or the fill that is bringing it.
+
+        Raises:
+            CacheError: Not cached and the cache cannot be written.
+        """
+        path = await self._cache.lookup(artifact)
+        if path is not None:
+            self._metrics.cache_hits.inc()
+            return path
+        self._metrics.cache_misses.inc()
+        return self._cache.fill(artifact, self._run)
+
     async def immutable(self, artifact: Artifact) -> Path:
         """The cached file of a blob or versioned metadata file, fetched once on a miss.
 
@@ -49,16 +77,10 @@ class SiteMirror:
             UpstreamUnavailableError: Not cached and the upstream cannot deliver it.
             CacheError: The cache cannot be written.
         """
-        path = self._cache.lookup(artifact)
-        if path is not None:
-            self._metrics.cache_hits.inc()
-            return path
-        self._metrics.cache_misses.inc()
-
-        async def fill(write: Writer) -> None:
-            await self._fetch_into(artifact, write)
-
-        return await self._cache.fill_once(artifact, fill)
+        opened = await self.open(artifact)
+        if isinstance(opened, Path):
+            return opened
+        return await wait_until_done(opened)
 
     async def timestamp(self, artifact: Artifact) -> bytes:
         """The upstream's current ``timestamp.json``, or the last copy when it is unreachable.
@@ -91,26 +113,46 @@ class SiteMirror:
             logger.warning("serving %s without caching it: %s", artifact.label, exc)
         return data
 
-    async def _fetch_into(self, artifact: Artifact, write: Writer) -> None:
+    async def _run(self, fill: Fill) -> None:
+        """Brings the artifact into ``fill``, resuming after interruptions, then checks it."""
+        artifact = fill.artifact
         started = time.monotonic()
-        digest = hashlib.sha256()
-
-        def hash_and_write(chunk: bytes) -> None:
-            digest.update(chunk)
-            write(chunk)
-
+        deadline = started + self._config.resume_window
+        delay = _FIRST_RETRY
         if artifact.kind is ArtifactKind.BLOB:
             max_bytes = self._config.blob_max_bytes
         else:
             max_bytes = self._config.metadata_max_bytes
-        size = await self._upstream.download(artifact.url_path, hash_and_write, max_bytes=max_bytes)
-        if artifact.sha256 is not None and digest.hexdigest() != artifact.sha256:
+        while True:
+            try:
+                await self._upstream.download(
+                    artifact.url_path, fill, max_bytes=max_bytes, offset=fill.size
+                )
+                break
+            except UpstreamInterruptedError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                self._metrics.upstream_resumes.inc()
+                logger.warning(
+                    "fetch of %s interrupted at byte %d (%s); resuming in %.1f s",
+                    artifact.label,
+                    fill.size,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LAST_RETRY)
+        if artifact.sha256 is not None and fill.hexdigest() != artifact.sha256:
             self._metrics.upstream_errors.inc()
+            digest = fill.hexdigest()
+            fill.restart()
             raise UpstreamUnavailableError(
-                f"the upstream sent {size} bytes for {artifact.label} whose SHA-256 is "
-                f"{digest.hexdigest()}; not caching them"
+                f"the upstream sent {fill.length} bytes for {artifact.label} whose SHA-256 is "
+                f"{digest}; not caching them"
             )
-        self._log_fetched(artifact, size, started)
+        if fill.resumed_from:
+            logger.info("resumed %s from byte %d of a past run", artifact.label, fill.resumed_from)
+        self._log_fetched(artifact, fill.size, started)
 
     @staticmethod
     def _log_fetched(artifact: Artifact, size: int, started: float) -> None:
@@ -120,3 +162,13 @@ class SiteMirror:
             size,
             time.monotonic() - started,
         )
+
+
+async def wait_until_done(fill: Fill) -> Path:
+    """Waits for a fill to end; its final path, or its error raised."""
+    while True:
+        if fill.error is not None:
+            raise fill.error
+        if fill.final_path is not None:
+            return fill.final_path
+        await fill.changed()

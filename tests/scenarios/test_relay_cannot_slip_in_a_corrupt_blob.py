@@ -1,8 +1,14 @@
-"""A relay is not trusted: a blob corrupted in its cache is refused by the vehicle."""
+"""A relay is not trusted: a blob corrupted in its cache is refused by the vehicle.
+
+The relay checks a cached blob's hash itself whenever the file changed; a compromised relay
+would not, so the corruption here keeps the file's inode, size and times, as an attacker
+on the relay host could.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import urllib.request
 from pathlib import Path
 
@@ -31,7 +37,9 @@ def test_corrupt_cached_blob_is_refused_and_reported(installation: Installation)
     blob = cached_copy(installation.sandbox.root / "relay" / "cache", installation.image)
     corrupt = bytearray(installation.image)
     corrupt[len(corrupt) // 2] ^= 0xFF
+    before_write = blob.stat()
     blob.write_bytes(bytes(corrupt))
+    os.utime(blob, ns=(before_write.st_atime_ns, before_write.st_mtime_ns))
 
     vehicle = installation.vehicle(VIN)
     before = FileBootControl(vehicle.slots).read_state()

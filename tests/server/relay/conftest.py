@@ -1,7 +1,8 @@
 """Real parts around the relay: an upstream HTTP server and an upstream gRPC VehicleService.
 
-Both listen on 127.0.0.1 port 0. The HTTP upstream counts requests per path, can hold its
-answers behind a gate and can fail chosen paths; the gRPC upstream records what it received
+Both listen on 127.0.0.1 port 0. The HTTP upstream counts requests and bytes per path,
+answers Range requests, can hold its answers behind a gate, stream slowly, cut a transfer
+after some bytes and fail chosen paths; the gRPC upstream records what it received
 and rejects chosen requests with real status codes.
 """
 
@@ -38,13 +39,22 @@ class UpstreamHTTP:
         requests: How often each path was asked for.
         failures: HTTP status to answer for a path instead of its file.
         gate: When set, every answer waits until the gate opens.
+        ranges: The Range header of each request, by path ("" for none).
+        bytes_sent: Body bytes sent, by path.
+        chunk_delay: Seconds to pause after each 64 KiB of a body (a slow uplink).
+        cut_after: Close the connection after sending this many body bytes of a path (once).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: Counter[str] = Counter()
+        self.ranges: dict[str, list[str]] = {}
+        self.bytes_sent: Counter[str] = Counter()
         self.failures: dict[str, int] = {}
         self.gate: asyncio.Event | None = None
+        self.chunk_delay = 0.0
+        self.cut_after: dict[str, int] = {}
+        self.port = port
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -54,8 +64,9 @@ class UpstreamHTTP:
         self.files[f"/image/targets/{filename}"] = data
         return filename
 
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.requests[request.path] += 1
+        self.ranges.setdefault(request.path, []).append(request.headers.get("Range", ""))
         if self.gate is not None:
             await self.gate.wait()
         if request.path in self.failures:
@@ -63,7 +74,31 @@ class UpstreamHTTP:
         body = self.files.get(request.path)
         if body is None:
             return web.Response(status=404, text="no such file\n")
-        return web.Response(body=body)
+        first = 0
+        if request.headers.get("Range", "").startswith("bytes="):
+            first = int(request.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if first >= len(body):
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+        response = web.StreamResponse(status=206 if first else 200)
+        response.content_length = len(body) - first
+        if first:
+            response.headers["Content-Range"] = f"bytes {first}-{len(body) - 1}/{len(body)}"
+        await response.prepare(request)
+        cut = self.cut_after.pop(request.path, None)
+        position = first
+        while position < len(body):
+            chunk = body[position : position + 64 * 1024]
+            if cut is not None and position - first + len(chunk) > cut:
+                assert request.transport is not None
+                request.transport.abort()  # a broken uplink, mid-transfer
+                return response
+            await response.write(chunk)
+            self.bytes_sent[request.path] += len(chunk)
+            position += len(chunk)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await response.write_eof()
+        return response
 
     async def start(self) -> None:
         """Listens on a free loopback port."""
@@ -71,8 +106,9 @@ class UpstreamHTTP:
         app.router.add_get("/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         """Stops listening; the relay then finds its upstream unreachable."""

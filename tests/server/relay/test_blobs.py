@@ -161,8 +161,8 @@ async def test_blob_whose_bytes_do_not_match_its_name_is_not_cached(
     assert list((relay.config.cache_dir / "tmp").iterdir()) == []
 
 
-async def test_cached_blob_is_served_as_stored_for_the_vehicle_to_verify(
-    relay: Relay, upstream_http: UpstreamHTTP
+async def test_cached_blob_that_no_longer_matches_its_hash_is_fetched_again(
+    relay: Relay, upstream_http: UpstreamHTTP, metric: Callable[..., float]
 ) -> None:
     filename = upstream_http.add_blob(b"trusted bytes", "ecu-radio-1.0.0.img")
     url = f"{relay.addresses.http}/image/targets/{filename}"
@@ -171,4 +171,7 @@ async def test_cached_blob_is_served_as_stored_for_the_vehicle_to_verify(
             assert await response.read() == b"trusted bytes"
         (relay.config.cache_dir / "blobs" / filename).write_bytes(b"tampered bytes")
         async with session.get(url) as response:
-            assert await response.read() == b"tampered bytes"
+            assert await response.read() == b"trusted bytes"
+    assert metric("staffel_relay_cache_corrupt_total") == 1
+    assert upstream_http.requests[f"/image/targets/{filename}"] == 2
+    assert (relay.config.cache_dir / "blobs" / filename).read_bytes() == b"trusted bytes"
