@@ -101,7 +101,7 @@ def run_demo(root: Path) -> int:
             say(f"provisioned vehicle {vin}, talking to the relay{note}")
 
         created = sandbox.staffel(
-            server, "campaign", "create", "--name", "gw-2.0", "--bundle", "b1"
+            server, "campaign", "create", "--name", "gw-2.0", "--bundle", "b1", "--model", MODEL
         )
         print(created.strip())
         print(sandbox.staffel(server, "campaign", "start", "c1").strip())

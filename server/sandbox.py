@@ -193,7 +193,7 @@ class Sandbox:
             'state_dir = "state"\n'
             'image_root = "image-root.json"\n'
             'director_root = "director-root.json"\n'
-            "poll_interval_seconds = 5\n\n"
+            "poll_interval_seconds = 10\n\n"
             "[[ecus]]\n"
             f'serial = "{serial}"\n'
             f'hardware_id = "{hardware_id}"\n'
@@ -234,5 +234,6 @@ def stream_lines(processes: Sequence[subprocess.Popen[str]]) -> Iterator[str]:
                 yield line.rstrip("\n")
             else:
                 selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
     for process in processes:
         process.wait()

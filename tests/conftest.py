@@ -13,7 +13,9 @@ import pytest
 from server.store import Database
 
 # The PostgreSQL server the tests use: trust auth on loopback, database `test`.
-POSTGRES_ADMIN_URL = os.environ.get("STAFFEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "STAFFEL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture

@@ -183,8 +183,14 @@ def get_campaign(database: Database, public_id: str) -> CampaignView:
 
 
 def complete_if_done(session: Session, campaign_id: int) -> None:
-    """Marks a running campaign completed once every assignment has its outcome."""
-    campaign = session.get(Campaign, campaign_id)
+    """Marks a running campaign completed once every assignment has its outcome.
+
+    The campaign row is locked first, so that of two vehicles reporting their final
+    outcome at once, the second sees the first one's outcome and completes the campaign.
+    """
+    campaign = session.exec(
+        select(Campaign).where(Campaign.id == campaign_id).with_for_update()
+    ).first()
     if campaign is None or campaign.state != CampaignState.RUNNING:
         return
     open_assignment = session.exec(

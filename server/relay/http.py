@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
 from server.relay import artifacts
 from server.relay.artifacts import Repository
@@ -19,7 +20,6 @@ from server.relay.errors import (
 )
 from server.relay.metrics import RelayMetrics
 from server.relay.mirror import SiteMirror
-from server.relay.streaming import stream_fill
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +76,8 @@ def create_app(*, mirror: SiteMirror, metrics: RelayMetrics) -> web.Application:
 
 async def _image_blob(request: web.Request) -> web.StreamResponse:
     artifact = artifacts.blob(request.match_info["filename"])
-    opened = await request.app[MIRROR_KEY].open(artifact)
-    if isinstance(opened, Path):
-        return await _send_file(request, opened, _OCTETS)
-    return await stream_fill(
-        request,
-        opened,
-        content_type=_OCTETS,
-        cache_control=IMMUTABLE,
-        metrics=request.app[METRICS_KEY],
-    )
+    path = await request.app[MIRROR_KEY].immutable(artifact)
+    return await _send_file(request, path, _OCTETS)
 
 
 async def _image_metadata(request: web.Request) -> web.StreamResponse:
@@ -107,15 +99,25 @@ async def _metadata(request: web.Request, repository: Repository) -> web.StreamR
     return web.Response(body=body, content_type=_JSON, headers={hdrs.CACHE_CONTROL: NO_CACHE})
 
 
+class _MeteredFileResponse(web.FileResponse):
+    """A FileResponse that counts the bytes it sends once aiohttp has prepared it.
+
+    aiohttp prepares a returned response itself; preparing a FileResponse twice fails.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        sent_body = request.method != hdrs.METH_HEAD and self.status in (200, 206)
+        if sent_body and isinstance(request, web.Request):
+            request.app[METRICS_KEY].bytes_served.inc(self.content_length or 0)
+        return writer
+
+
 async def _send_file(request: web.Request, path: Path, content_type: str) -> web.StreamResponse:
     """Sends a cached immutable file (Range and conditional requests included)."""
-    response = web.FileResponse(
+    return _MeteredFileResponse(
         path, headers={hdrs.CACHE_CONTROL: IMMUTABLE, hdrs.CONTENT_TYPE: content_type}
     )
-    await response.prepare(request)
-    if request.method != hdrs.METH_HEAD and response.status in (200, 206):
-        request.app[METRICS_KEY].bytes_served.inc(response.content_length or 0)
-    return response
 
 
 async def _metrics(request: web.Request) -> web.Response:

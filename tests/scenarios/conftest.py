@@ -48,3 +48,6 @@ def installation(tmp_path: Path, database_url: str) -> Iterator[Installation]:
             target_name=f"{IMAGE_NAME}-{IMAGE_VERSION}",
             bundle_id=bundle["bundleId"],
         )
+    for log in (tmp_path / "sandbox").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, f"{log.name} logged an unexpected error:\n{text[-3000:]}"

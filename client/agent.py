@@ -1,0 +1,400 @@
+"""The update state machine of the vehicle: one cycle of check-in, update and reports.
+
+Each step reads the journal, does its work, queues its events and writes the journal at
+the next step, so a restart resumes at the step the journal names. Steps are safe to
+repeat: a repeated step queues events with the same ids, which the outbox and the server
+drop. Steps before the boot switch never touch the boot state or the active slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from client.config import ClientConfig
+from client.errors import (
+    ClientError,
+    DownloadError,
+    InstallError,
+    ServerError,
+    StateError,
+    UpdateError,
+    VerificationError,
+)
+from client.health import run_health_check
+from client.images import Image, format_size
+from client.install import SlotWriter
+from client.journal import (
+    EventKind,
+    FailureType,
+    Journal,
+    JournalState,
+    Outbox,
+    Phase,
+    UpdateRecord,
+    VehicleEvent,
+)
+from client.link import EcuReport, UpdateOffer, VehicleLink
+from client.slots import (
+    BootControl,
+    Bootloader,
+    FileBootControl,
+    SimulatedBootloader,
+    Slot,
+    other_slot,
+)
+from client.transfer import ImageDownloader
+from client.uptane import UptaneVerifier
+
+logger = logging.getLogger(__name__)
+
+REPORT_BATCH = 100  # events per ReportEvents call
+
+_FAILURE_TYPES: tuple[tuple[type[UpdateError], FailureType], ...] = (
+    (DownloadError, FailureType.DOWNLOAD),
+    (VerificationError, FailureType.VERIFICATION),
+    (InstallError, FailureType.INSTALL),
+)
+
+
+def failure_type_of(error: UpdateError) -> FailureType:
+    """Return the reported failure type of an update error."""
+    for error_type, failure_type in _FAILURE_TYPES:
+        if isinstance(error, error_type):
+            return failure_type
+    return FailureType.UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """How one cycle ended.
+
+    Attributes:
+        completed: The check-in (or the resumed update) and its steps ran to their end.
+        delivered: No event is left in the outbox.
+        next_poll_seconds: When to check in next.
+    """
+
+    completed: bool
+    delivered: bool
+    next_poll_seconds: int
+
+    @property
+    def ok(self) -> bool:
+        """The cycle completed and every event was delivered."""
+        return self.completed and self.delivered
+
+
+class Agent:
+    """Runs update cycles for one vehicle (its primary ECU)."""
+
+    def __init__(
+        self,
+        *,
+        config: ClientConfig,
+        link: VehicleLink,
+        verifier: UptaneVerifier,
+        downloader: ImageDownloader,
+        boot_control: BootControl,
+        bootloader: Bootloader,
+        journal: Journal,
+        outbox: Outbox,
+        say: Callable[[str], None],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        """Assemble an agent from its parts (see :meth:`from_config`).
+
+        Args:
+            config: The vehicle's configuration.
+            link: The gRPC link to the relay or server.
+            verifier: Uptane full verification.
+            downloader: Fetches image blobs.
+            boot_control: Reads and changes the A/B boot state.
+            bootloader: Reboots the vehicle.
+            journal: Where the update in progress stands.
+            outbox: Queued events.
+            say: Prints one human line (without the VIN prefix).
+            clock: The current UTC time, for event timestamps.
+        """
+        self._config = config
+        self._link = link
+        self._verifier = verifier
+        self._downloader = downloader
+        self._boot_control = boot_control
+        self._bootloader = bootloader
+        self._journal = journal
+        self._outbox = outbox
+        self._say = say
+        self._clock = clock
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, *, say: Callable[[str], None]) -> Agent:
+        """Build an agent with the real parts the config names.
+
+        Raises:
+            StateError: The state or slot directory cannot be created.
+        """
+        boot_control = FileBootControl(config.slots.directory)
+        return cls(
+            config=config,
+            link=VehicleLink(config.grpc_target, timeout_seconds=config.network_timeout_seconds),
+            verifier=UptaneVerifier(
+                state_dir=config.state_dir,
+                repo_url=config.repo_url,
+                image_root=config.image_root,
+                director_root=config.director_root,
+                timeout_seconds=config.network_timeout_seconds,
+            ),
+            downloader=ImageDownloader(
+                config.repo_url, timeout_seconds=config.network_timeout_seconds
+            ),
+            boot_control=boot_control,
+            bootloader=SimulatedBootloader(boot_control),
+            journal=Journal(config.state_dir / "journal.json"),
+            outbox=Outbox(config.state_dir / "outbox"),
+            say=say,
+        )
+
+    def close(self) -> None:
+        """Close the network connections."""
+        self._link.close()
+        self._downloader.close()
+
+    def run_cycle(self) -> CycleResult:
+        """Run one cycle: deliver old events, check in or resume, update, deliver events.
+
+        Returns:
+            How the cycle ended; errors are reported as lines and logged, not raised.
+        """
+        next_poll = self._config.poll_interval_seconds
+        completed = False
+        try:
+            self._deliver()
+            update = self._journal.read().update
+            if update is None or update.phase is Phase.VERIFY:
+                next_poll = self._check_in() or next_poll
+            else:
+                self._say(f"resuming assignment {update.assignment_id} at step {update.phase}")
+            self._advance()
+            completed = True
+        except ServerError as exc:
+            self._say(f"cannot reach the server: {exc}")
+        except ClientError as exc:
+            logger.exception("update cycle stopped")
+            self._say(f"cycle stopped: {exc}")
+        try:
+            delivered = self._deliver()
+        except ClientError as exc:
+            self._say(f"cannot report events: {exc}")
+            delivered = False
+        return CycleResult(completed=completed, delivered=delivered, next_poll_seconds=next_poll)
+
+    def _check_in(self) -> int:
+        state = self._journal.read()
+        active_image = self._boot_control.read_state().active_image
+        primary = self._config.primary_ecu
+        ecus = [
+            EcuReport(
+                serial=ecu.serial,
+                hardware_id=ecu.hardware_id,
+                installed_sha256=(
+                    active_image.sha256 if ecu is primary and active_image is not None else ""
+                ),
+                primary=ecu.primary,
+            )
+            for ecu in self._config.ecus
+        ]
+        answer = self._link.check_in(self._config.vin, ecus)
+        if answer.offer is None:
+            if state.update is not None:
+                logger.info("assignment %s was withdrawn", state.update.assignment_id)
+                self._journal.write(dataclasses.replace(state, update=None))
+            self._say(
+                "checked in, nothing to do (next check-in in "
+                f"{answer.next_poll_seconds or self._config.poll_interval_seconds} s)"
+            )
+        else:
+            self._take_offer(state, answer.offer)
+        return answer.next_poll_seconds
+
+    def _take_offer(self, state: JournalState, offer: UpdateOffer) -> None:
+        record = state.update
+        if record is None or record.assignment_id != offer.assignment_id:
+            record = UpdateRecord(
+                assignment_id=offer.assignment_id, attempt=str(uuid.uuid4()), phase=Phase.VERIFY
+            )
+            self._journal.write(dataclasses.replace(state, update=record))
+        self._emit(record, EventKind.CHECKED_IN)
+        self._say(f"checked in, update offered (assignment {offer.assignment_id})")
+        try:
+            image = self._verifier.verify(
+                offer.director,
+                vin=self._config.vin,
+                ecu=self._config.primary_ecu,
+                release_counter_floor=state.release_counter,
+            )
+        except UpdateError as exc:
+            self._fail(record, exc)
+            return
+        slot = other_slot(self._boot_control.read_state().committed)
+        self._save(record.advance(Phase.DOWNLOAD, image=image, slot=slot))
+
+    def _advance(self) -> None:
+        steps: dict[Phase, Callable[[UpdateRecord, Slot], None]] = {
+            Phase.DOWNLOAD: self._download,
+            Phase.INSTALL: self._install,
+            Phase.REBOOT: self._reboot,
+            Phase.HEALTH: self._check_health,
+            Phase.COMMIT: self._commit,
+            Phase.ROLLBACK: self._roll_back,
+        }
+        while (record := self._journal.read().update) is not None and record.slot is not None:
+            steps[record.phase](record, record.slot)
+
+    def _download(self, record: UpdateRecord, slot: Slot) -> None:
+        image = _image_of(record)
+        state = self._boot_control.read_state()
+        try:
+            if state.trying is not None or slot == state.committed:
+                raise InstallError(
+                    f"slot {slot} cannot take an image: slot {state.committed} is active and "
+                    f"slot {state.trying or '-'} is being tried; finish that update first"
+                )
+            with SlotWriter(Path(self._boot_control.slot_path(slot)), image) as writer:
+                self._downloader.download(image, writer)
+                writer.finish()
+        except UpdateError as exc:
+            self._fail(record, exc)
+            return
+        self._emit(record, EventKind.DOWNLOADED, slot=slot)
+        self._say(f"downloaded {image.target} ({format_size(image.length)})")
+        self._emit(record, EventKind.VERIFIED, slot=slot)
+        self._say(f"verified {image.target} (Director and Image repository agree)")
+        self._save(record.advance(Phase.INSTALL))
+
+    def _install(self, record: UpdateRecord, slot: Slot) -> None:
+        self._boot_control.set_next(slot, self._config.slots.max_tries, _image_of(record))
+        self._emit(record, EventKind.INSTALLED, slot=slot)
+        self._say(f"installed into slot {slot}")
+        self._save(record.advance(Phase.REBOOT))
+
+    def _reboot(self, record: UpdateRecord, slot: Slot) -> None:
+        booted = self._bootloader.reboot()
+        self._emit(record, EventKind.REBOOTED, slot=booted)
+        self._say(f"rebooted into slot {booted}")
+        self._save(record.advance(Phase.HEALTH, booted=booted))
+
+    def _check_health(self, record: UpdateRecord, slot: Slot) -> None:
+        if record.booted != slot:
+            # The bootloader ran out of tries and already fell back: never commit.
+            self._boot_control.mark_bad(slot)
+            self._emit(
+                record,
+                EventKind.ROLLED_BACK,
+                slot=record.booted or "",
+                failure_type=FailureType.ROLLED_BACK,
+                detail=f"slot {slot} did not boot; the bootloader fell back to "
+                f"slot {record.booted}",
+            )
+            self._say(f"rolled back to slot {record.booted}")
+            self._finish()
+            return
+        health = self._config.health
+        result = run_health_check(health.command, health.timeout_seconds)
+        if result.healthy:
+            self._emit(record, EventKind.HEALTHY, slot=slot)
+            self._say("healthy")
+            self._save(record.advance(Phase.COMMIT))
+            return
+        self._emit(
+            record,
+            EventKind.HEALTH_FAILED,
+            slot=slot,
+            failure_type=FailureType.HEALTH,
+            detail=result.detail,
+        )
+        self._say(f"health failed: {result.reason}")
+        self._save(record.advance(Phase.ROLLBACK))
+
+    def _commit(self, record: UpdateRecord, slot: Slot) -> None:
+        self._boot_control.mark_good()
+        self._emit(record, EventKind.COMMITTED, slot=slot)
+        self._say(f"committed slot {slot}")
+        self._finish(release_counter=_image_of(record).release_counter)
+
+    def _roll_back(self, record: UpdateRecord, slot: Slot) -> None:
+        self._boot_control.mark_bad(slot)
+        booted = self._bootloader.reboot()
+        self._emit(
+            record,
+            EventKind.ROLLED_BACK,
+            slot=booted,
+            failure_type=FailureType.HEALTH,
+            detail=f"slot {slot} failed its health check; back on slot {booted}",
+        )
+        self._say(f"rolled back to slot {booted}")
+        self._finish()
+
+    def _fail(self, record: UpdateRecord, error: UpdateError) -> None:
+        failure_type = failure_type_of(error)
+        self._emit(record, EventKind.FAILED, failure_type=failure_type, detail=str(error))
+        self._say(f"update failed ({failure_type.value.lower()}): {error}")
+        self._finish()
+
+    def _save(self, record: UpdateRecord) -> None:
+        self._journal.write(dataclasses.replace(self._journal.read(), update=record))
+
+    def _finish(self, *, release_counter: int = 0) -> None:
+        state = self._journal.read()
+        counter = max(state.release_counter, release_counter)
+        self._journal.write(JournalState(release_counter=counter, update=None))
+
+    def _emit(
+        self,
+        record: UpdateRecord,
+        kind: EventKind,
+        *,
+        slot: str = "",
+        failure_type: FailureType = FailureType.UNSPECIFIED,
+        detail: str = "",
+    ) -> None:
+        self._outbox.enqueue(
+            VehicleEvent(
+                event_id=record.event_id(kind),
+                assignment_id=record.assignment_id,
+                kind=kind,
+                failure_type=failure_type,
+                detail=detail,
+                slot=slot,
+                occurred_at=self._clock(),
+            )
+        )
+
+    def _deliver(self) -> bool:
+        delivered = 0
+        try:
+            while events := self._outbox.pending(limit=REPORT_BATCH):
+                self._link.report_events(self._config.vin, events)
+                self._outbox.remove(events)
+                delivered += len(events)
+        except ServerError as exc:
+            logger.warning("events stay queued: %s", exc)
+            return False
+        finally:
+            if delivered:
+                self._say(f"reported {delivered} event{'s' if delivered != 1 else ''}")
+        return True
+
+
+def _image_of(record: UpdateRecord) -> Image:
+    if record.image is None:
+        raise StateError(
+            f"the journal's update record for assignment {record.assignment_id} names no "
+            "image; move the journal aside to drop it"
+        )
+    return record.image

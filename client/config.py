@@ -1,0 +1,236 @@
+"""The vehicle client's configuration: one TOML file, read into frozen, bounded dataclasses.
+
+Relative paths in the file resolve against the file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.errors import ConfigError
+
+_VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+_HOST_PORT = re.compile(r"\S+:\d{1,5}")
+_SLOT_BACKENDS = ("file",)
+
+
+@dataclass(frozen=True)
+class EcuConfig:
+    """One ECU of the vehicle.
+
+    Attributes:
+        serial: The ECU's serial, as the Director names it.
+        hardware_id: The ECU's hardware id, as images declare it.
+        primary: Whether this ECU is the Uptane primary (the gateway running this client).
+    """
+
+    serial: str
+    hardware_id: str
+    primary: bool = False
+
+
+@dataclass(frozen=True)
+class SlotsConfig:
+    """A/B boot control.
+
+    Attributes:
+        backend: The boot-control backend; ``file`` keeps the slots as files.
+        directory: Where the ``file`` backend keeps ``A.img``, ``B.img`` and ``bootstate.json``.
+        max_tries: Boots the bootloader tries a new slot before it falls back (1 to 10).
+    """
+
+    backend: str
+    directory: Path
+    max_tries: int = 3
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """The health check run after booting a new slot.
+
+    Attributes:
+        command: The program and its arguments (no shell unless the command names one).
+        timeout_seconds: How long the check may run before it counts as failed (1 to 3600).
+    """
+
+    command: tuple[str, ...]
+    timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything the vehicle client needs, as provisioned on the vehicle.
+
+    Attributes:
+        vin: The vehicle identification number (17 characters).
+        grpc_target: The relay's (or central server's) gRPC endpoint, ``host:port``.
+        repo_url: The relay's (or central server's) HTTP base URL.
+        state_dir: Where the journal, the event outbox and the TUF metadata caches live.
+        image_root: The Image repository root metadata pinned at provisioning.
+        director_root: The Director repository root metadata pinned at provisioning.
+        ecus: The vehicle's ECUs; exactly one is the primary.
+        slots: A/B boot control.
+        health: The post-boot health check.
+        poll_interval_seconds: Check-in interval when the server names none (10 to 86400).
+        network_timeout_seconds: Connect and read timeout of each network call (1 to 600).
+    """
+
+    vin: str
+    grpc_target: str
+    repo_url: str
+    state_dir: Path
+    image_root: Path
+    director_root: Path
+    ecus: tuple[EcuConfig, ...]
+    slots: SlotsConfig
+    health: HealthConfig
+    poll_interval_seconds: int = 60
+    network_timeout_seconds: int = 30
+
+    @property
+    def primary_ecu(self) -> EcuConfig:
+        """The primary ECU (validated to exist exactly once)."""
+        return next(ecu for ecu in self.ecus if ecu.primary)
+
+
+def load_config(path: Path) -> ClientConfig:
+    """Read and validate the client's config file.
+
+    Args:
+        path: The TOML config file.
+
+    Returns:
+        The validated configuration, with every path made absolute.
+
+    Raises:
+        ConfigError: The file is missing, is not TOML, or a field is missing or invalid;
+            the message names the file and the field.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return _parse(raw, base=path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
+    vin = _string(raw, "vin")
+    if not _VIN.fullmatch(vin):
+        raise ConfigError(f"'vin' must be 17 characters A-Z/0-9 without I, O, Q; got {vin!r}")
+    grpc_target = _string(raw, "grpc_target")
+    if not _HOST_PORT.fullmatch(grpc_target):
+        raise ConfigError(f"'grpc_target' must be host:port; got {grpc_target!r}")
+    repo_url = _string(raw, "repo_url").rstrip("/")
+    if not repo_url.startswith(("http://", "https://")):
+        raise ConfigError(f"'repo_url' must start with http:// or https://; got {repo_url!r}")
+    return ClientConfig(
+        vin=vin,
+        grpc_target=grpc_target,
+        repo_url=repo_url,
+        state_dir=_path(raw, "state_dir", base),
+        image_root=_existing_file(raw, "image_root", base),
+        director_root=_existing_file(raw, "director_root", base),
+        ecus=_ecus(raw),
+        slots=_slots(_table(raw, "slots"), base),
+        health=_health(_table(raw, "health")),
+        poll_interval_seconds=_integer(raw, "poll_interval_seconds", 60, 10, 86400),
+        network_timeout_seconds=_integer(raw, "network_timeout_seconds", 30, 1, 600),
+    )
+
+
+def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
+    entries = raw.get("ecus")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("at least one [[ecus]] entry is required")
+    ecus: list[EcuConfig] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"[[ecus]] entry {index + 1} must be a table")
+        primary = entry.get("primary", False)
+        if not isinstance(primary, bool):
+            raise ConfigError(f"'ecus[{index}].primary' must be true or false")
+        ecus.append(
+            EcuConfig(
+                serial=_string(entry, "serial", f"ecus[{index}]."),
+                hardware_id=_string(entry, "hardware_id", f"ecus[{index}]."),
+                primary=primary,
+            )
+        )
+    serials = [ecu.serial for ecu in ecus]
+    if len(set(serials)) != len(serials):
+        raise ConfigError(f"ECU serials must be unique; got {serials}")
+    if sum(ecu.primary for ecu in ecus) != 1:
+        raise ConfigError("exactly one [[ecus]] entry must have primary = true")
+    return tuple(ecus)
+
+
+def _slots(raw: dict[str, Any], base: Path) -> SlotsConfig:
+    backend = _string(raw, "backend", "slots.")
+    if backend not in _SLOT_BACKENDS:
+        raise ConfigError(f"'slots.backend' must be one of {_SLOT_BACKENDS}; got {backend!r}")
+    return SlotsConfig(
+        backend=backend,
+        directory=_path(raw, "directory", base, "slots."),
+        max_tries=_integer(raw, "max_tries", 3, 1, 10, prefix="slots."),
+    )
+
+
+def _health(raw: dict[str, Any]) -> HealthConfig:
+    command = raw.get("command")
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(part, str) and part for part in command)
+    ):
+        raise ConfigError("'health.command' must be a non-empty list of non-empty strings")
+    return HealthConfig(
+        command=tuple(command),
+        timeout_seconds=_integer(raw, "timeout_seconds", 30, 1, 3600, prefix="health."),
+    )
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise ConfigError(f"the [{key}] table is required")
+    return value
+
+
+def _string(raw: dict[str, Any], key: str, prefix: str = "") -> str:
+    value = raw.get(key)
+    if value is None:
+        raise ConfigError(f"'{prefix}{key}' is required")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'{prefix}{key}' must be a non-empty string")
+    return value
+
+
+def _integer(
+    raw: dict[str, Any], key: str, default: int, low: int, high: int, *, prefix: str = ""
+) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"'{prefix}{key}' must be an integer from {low} to {high}; got {value!r}")
+    return value
+
+
+def _path(raw: dict[str, Any], key: str, base: Path, prefix: str = "") -> Path:
+    return base / Path(_string(raw, key, prefix)).expanduser()
+
+
+def _existing_file(raw: dict[str, Any], key: str, base: Path) -> Path:
+    path = _path(raw, key, base)
+    if not path.is_file():
+        raise ConfigError(f"'{key}' names {path}, which is not a file")
+    return path

@@ -1,0 +1,48 @@
+"""The vehicle client's errors, one tree.
+
+Foreign exceptions (python-tuf, urllib3, grpc, OSError) are translated into these once, at
+the boundary where they occur, so the agent only ever handles the tree below::
+
+    ClientError
+    ├── ConfigError            the config file is missing, unreadable or invalid
+    ├── StateError             local durable state (journal, outbox, boot state) is unusable
+    ├── ServerError            the server (or relay) could not be reached or refused a call
+    └── UpdateError            an update failed before the boot state changed
+        ├── DownloadError      the image or metadata could not be fetched completely
+        ├── VerificationError  Uptane verification or the image hash check failed
+        └── InstallError       the image could not be written into the inactive slot
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base of every error the vehicle client raises on purpose."""
+
+
+class ConfigError(ClientError):
+    """The client's config file is missing, unreadable or invalid."""
+
+
+class StateError(ClientError):
+    """Local durable state (journal, event outbox, boot state) cannot be read or written."""
+
+
+class ServerError(ClientError):
+    """The server (or relay) could not be reached, or it refused a call."""
+
+
+class UpdateError(ClientError):
+    """An update failed before the boot state changed; the active slot is untouched."""
+
+
+class DownloadError(UpdateError):
+    """An image or a metadata file could not be fetched completely."""
+
+
+class VerificationError(UpdateError):
+    """Uptane verification or the image hash check refused the update."""
+
+
+class InstallError(UpdateError):
+    """The image could not be written into the inactive slot."""
