@@ -20,6 +20,7 @@ from server.relay.errors import (
 )
 from server.relay.metrics import RelayMetrics
 from server.relay.mirror import SiteMirror
+from server.relay.streaming import stream_fill
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,16 @@ def create_app(*, mirror: SiteMirror, metrics: RelayMetrics) -> web.Application:
 
 async def _image_blob(request: web.Request) -> web.StreamResponse:
     artifact = artifacts.blob(request.match_info["filename"])
-    path = await request.app[MIRROR_KEY].immutable(artifact)
-    return await _send_file(request, path, _OCTETS)
+    opened = await request.app[MIRROR_KEY].open(artifact)
+    if isinstance(opened, Path):
+        return await _send_file(request, opened, _OCTETS)
+    return await stream_fill(
+        request,
+        opened,
+        content_type=_OCTETS,
+        cache_control=IMMUTABLE,
+        metrics=request.app[METRICS_KEY],
+    )
 
 
 async def _image_metadata(request: web.Request) -> web.StreamResponse:
