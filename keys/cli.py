@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from keys import fleet_cli
 from keys.errors import KeyToolError
 from keys.keyset import (
     ALGORITHMS,
@@ -38,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--algorithm", choices=ALGORITHMS, default="ed25519", help="key type (default ed25519)"
     )
     init_parser.set_defaults(func=run_init)
+    fleet_cli.add_commands(commands)
 
 
 def run_init(args: argparse.Namespace) -> int:

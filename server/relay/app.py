@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,15 @@ from types import TracebackType
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
+from staffel.v1 import relay_pb2_grpc, vehicle_pb2, vehicle_pb2_grpc
 
+from server.relay.access import (
+    SitePolicy,
+    client_ssl_context,
+    grpc_channel_credentials,
+    grpc_server_credentials,
+    server_ssl_context,
+)
 from server.relay.cache import ContentCache
 from server.relay.config import ListenAddress, RelayConfig
 from server.relay.errors import ListenError, RelayConfigError, RelayError
@@ -31,6 +40,9 @@ from server.relay.forwarder import VehicleForwarder
 from server.relay.http import create_app
 from server.relay.metrics import RelayMetrics
 from server.relay.mirror import SiteMirror
+from server.relay.outbox import Outbox
+from server.relay.staging import RelayForwarder, Stager
+from server.relay.uplink import EventUplink
 from server.relay.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -65,6 +77,7 @@ class Relay:
         self._resources: AsyncExitStack | None = None
         self._addresses: RelayAddresses | None = None
         self._cache: ContentCache | None = None
+        self._uplink: EventUplink | None = None
 
     @classmethod
     def from_config(cls, config: RelayConfig) -> Relay:
@@ -105,32 +118,80 @@ class Relay:
         config = self.config
         resources = AsyncExitStack()
         try:
-            upstream = Upstream.open(config, self.metrics)
+            client_tls = client_ssl_context(config.tls) if config.tls is not None else None
+            upstream = Upstream.open(config, self.metrics, client_tls)
             resources.push_async_callback(upstream.close)
             cache = await ContentCache.open(
                 config.cache_dir, budget_bytes=config.cache_budget_bytes, metrics=self.metrics
             )
             resources.push_async_callback(cache.close)
             self._cache = cache
-            channel = grpc.aio.insecure_channel(config.upstream_grpc)
+            channel = self._upstream_channel()
             resources.push_async_callback(channel.close, None)
+            outbox = await Outbox.open(config.cache_dir / "relay.db")
+            resources.push_async_callback(outbox.close)
+            uplink = EventUplink(
+                outbox=outbox,
+                channel=channel,
+                deadline=config.rpc_deadline,
+                interval=config.flush_interval,
+                metrics=self.metrics,
+            )
+            self._own_task(resources, uplink.run(), "event uplink")
+            policy = SitePolicy(site=config.site, enforced=config.tls is not None)
             mirror = SiteMirror(config=config, cache=cache, upstream=upstream, metrics=self.metrics)
+            if config.staging_interval > 0:
+                stager = Stager(config=config, mirror=mirror, channel=channel, metrics=self.metrics)
+                self._own_task(resources, stager.run(), "staging")
             http = await self._serve_http(
-                resources, create_app(mirror=mirror, metrics=self.metrics)
+                resources, create_app(mirror=mirror, metrics=self.metrics, policy=policy)
             )
             forwarder = VehicleForwarder(
                 channel=channel,
                 upstream=config.upstream_grpc,
                 deadline=config.rpc_deadline,
                 metrics=self.metrics,
+                outbox=outbox,
+                uplink=uplink,
+                policy=policy,
             )
-            grpc_address = await self._serve_grpc(resources, forwarder)
+            self._uplink = uplink
+            relays = RelayForwarder(channel=channel, deadline=config.rpc_deadline, policy=policy)
+            grpc_address = await self._serve_grpc(resources, forwarder, relays)
         except BaseException:
             await resources.aclose()
             raise
         self._resources = resources
-        self._addresses = RelayAddresses(grpc=grpc_address, http=f"http://{http}")
+        scheme = "https" if config.tls is not None else "http"
+        self._addresses = RelayAddresses(grpc=grpc_address, http=f"{scheme}://{http}")
         return self._addresses
+
+    def _upstream_channel(self) -> grpc.aio.Channel:
+        config = self.config
+        if config.upstream_tls and config.tls is not None:
+            credentials = grpc_channel_credentials(config.tls)
+            return grpc.aio.secure_channel(config.upstream_grpc, credentials)
+        return grpc.aio.insecure_channel(config.upstream_grpc)
+
+    @staticmethod
+    def _own_task(
+        resources: AsyncExitStack, work: Coroutine[object, object, None], name: str
+    ) -> None:
+        """Runs ``work`` in the background until the relay stops."""
+        task = asyncio.create_task(work, name=name)
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        resources.push_async_callback(cancel)
+
+    async def flush_events(self) -> None:
+        """Forwards the queued events now (tests and shutdown); raises when the uplink is down."""
+        if self._uplink is None:
+            raise RelayError("the relay is not started; call start() first")
+        await self._uplink.flush()
 
     async def stop(self) -> None:
         """Stops serving (gRPC health NOT_SERVING first) and releases everything."""
@@ -155,8 +216,9 @@ class Relay:
         runner = web.AppRunner(app, shutdown_timeout=self.config.shutdown_grace, access_log=None)
         await runner.setup()
         resources.push_async_callback(runner.cleanup)
+        tls = server_ssl_context(self.config.tls) if self.config.tls is not None else None
         try:
-            await web.TCPSite(runner, listen.host, listen.port).start()
+            await web.TCPSite(runner, listen.host, listen.port, ssl_context=tls).start()
         except OSError as exc:
             raise ListenError(
                 f"cannot serve HTTP on {listen}: {exc}; choose another --http-listen"
@@ -164,16 +226,22 @@ class Relay:
         port: int = runner.addresses[0][1]
         return listen.connectable(port)
 
-    async def _serve_grpc(self, resources: AsyncExitStack, forwarder: VehicleForwarder) -> str:
+    async def _serve_grpc(
+        self, resources: AsyncExitStack, forwarder: VehicleForwarder, relays: RelayForwarder
+    ) -> str:
         listen = self.config.grpc_listen
         server = grpc.aio.server()
         vehicle_pb2_grpc.add_VehicleServiceServicer_to_server(forwarder, server)
+        relay_pb2_grpc.add_RelayServiceServicer_to_server(relays, server)
         # grpc-stubs describe only the sync health servicer; the asyncio one is health.aio.
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         address = str(listen)
         try:
-            port = server.add_insecure_port(address)
+            if self.config.tls is not None:
+                port = server.add_secure_port(address, grpc_server_credentials(self.config.tls))
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ListenError(
                 f"cannot serve gRPC on {address}: {exc}; choose another --grpc-listen"

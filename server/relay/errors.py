@@ -6,14 +6,15 @@
         ├── ListenError               a listen address cannot be bound
         ├── InvalidPathError          a request names no valid blob or metadata file
         ├── CacheError                the cache directory cannot be written
+        ├── AccessDeniedError         the peer is no vehicle of this site (or no fleet peer)
         └── UpstreamError             the upstream could not deliver
             ├── UpstreamNotFoundError     the upstream answered 404
             └── UpstreamUnavailableError  unreachable, timed out, bad status or bad bytes
                 └── UpstreamInterruptedError  the connection failed; worth resuming
 
 The HTTP routes map them to status codes in one place (``server.relay.http``):
-``InvalidPathError`` 400, ``UpstreamNotFoundError`` 404, ``UpstreamUnavailableError`` 502,
-``CacheError`` 503.
+``InvalidPathError`` 400, ``AccessDeniedError`` 403, ``UpstreamNotFoundError`` 404,
+``UpstreamUnavailableError`` 502, ``CacheError`` 503.
 """
 
 from server.errors import StaffelError
@@ -53,3 +54,16 @@ class UpstreamUnavailableError(UpstreamError):
 
 class UpstreamInterruptedError(UpstreamUnavailableError):
     """The connection to the upstream failed or was cut; a later Range request may resume."""
+
+
+class AccessDeniedError(RelayError):
+    """The peer may not be answered by this relay (HTTP 403, gRPC PERMISSION_DENIED).
+
+    Attributes:
+        reason: A short label for metrics: ``no_identity``, ``other_site``, ``foreign_vin``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        """An access refusal with its metrics label and an actionable message."""
+        super().__init__(message)
+        self.reason = reason

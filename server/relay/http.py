@@ -10,8 +10,10 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from server.relay import artifacts
+from server.relay.access import SitePolicy, identity_of_der
 from server.relay.artifacts import Repository
 from server.relay.errors import (
+    AccessDeniedError,
     CacheError,
     InvalidPathError,
     RelayError,
@@ -33,6 +35,7 @@ MIRROR_KEY = web.AppKey("relay_mirror", SiteMirror)
 METRICS_KEY = web.AppKey("relay_metrics", RelayMetrics)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OPEN_PATHS = frozenset({"/metrics", "/healthz"})
 
 # One place for the mapping of relay errors to HTTP status codes.
 _STATUS_OF: tuple[tuple[type[RelayError], int], ...] = (
@@ -57,14 +60,32 @@ async def _relay_errors(request: web.Request, handler: _Handler) -> web.StreamRe
         raise
 
 
-def create_app(*, mirror: SiteMirror, metrics: RelayMetrics) -> web.Application:
+def create_app(*, mirror: SiteMirror, metrics: RelayMetrics, policy: SitePolicy) -> web.Application:
     """The relay's aiohttp application (HEAD is served wherever GET is).
 
     Args:
         mirror: Answers for blobs and metadata.
         metrics: Counted here (bytes served) and rendered at ``/metrics``.
+        policy: Who may fetch metadata and blobs (``/metrics`` and ``/healthz`` are open to
+            any peer that passed the TLS handshake).
     """
-    app = web.Application(middlewares=[_relay_errors])
+
+    @web.middleware
+    async def site_only(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if policy.enforced and request.path not in _OPEN_PATHS:
+            ssl_object = (
+                request.transport.get_extra_info("ssl_object") if request.transport else None
+            )
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            try:
+                policy.admit(identity_of_der(der))
+            except AccessDeniedError as exc:
+                metrics.refused.labels(reason=exc.reason).inc()
+                logger.warning("refused %s %s: %s", request.method, request.path, exc)
+                return web.Response(status=403, text=f"{exc}\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[site_only, _relay_errors])
     app[MIRROR_KEY] = mirror
     app[METRICS_KEY] = metrics
     app.router.add_get("/image/metadata/{filename}", _image_metadata)

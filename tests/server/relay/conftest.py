@@ -154,15 +154,23 @@ class RecordingVehicleService(vehicle_pb2_grpc.VehicleServiceServicer):
 class UpstreamGRPC:
     """A grpc.aio server on a free loopback port running ``RecordingVehicleService``."""
 
-    def __init__(self) -> None:
-        self.service = RecordingVehicleService()
+    def __init__(self, service: RecordingVehicleService | None = None, port: int = 0) -> None:
+        self.service = service or RecordingVehicleService()
         self.server = grpc.aio.server()
         vehicle_pb2_grpc.add_VehicleServiceServicer_to_server(self.service, self.server)
-        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         """Stops serving at once."""
         await self.server.stop(None)
+
+    async def restart(self) -> None:
+        """Serves again on the same port with the same recording service."""
+        await self.stop()
+        again = UpstreamGRPC(self.service, self.port)
+        await again.server.start()
+        self.server = again.server
 
 
 @pytest.fixture
