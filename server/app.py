@@ -17,14 +17,26 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from staffel.v1 import campaign_pb2_grpc, fleet_pb2_grpc, release_pb2_grpc, vehicle_pb2_grpc
+from staffel.v1 import (
+    auth_pb2_grpc,
+    campaign_pb2_grpc,
+    fleet_pb2_grpc,
+    release_pb2_grpc,
+    vehicle_pb2_grpc,
+)
 
 from keys.keyset import KeySet
+from server.api.auth import AuthServicer
 from server.api.campaigns import CampaignServicer
 from server.api.fleet import FleetServicer
 from server.api.releases import ReleaseServicer
 from server.api.status import ErrorAndMetricsInterceptor
 from server.api.vehicles import VehicleServicer
+from server.auth.interceptor import AuthInterceptor
+from server.auth.roles import Principal, Role
+from server.auth.tokens import create_token
+from server.campaigns.engine import CampaignEngine
+from server.clock import Clock, system_clock
 from server.errors import StaffelError
 from server.logs import configure_logging
 from server.metrics import ServerMetrics
@@ -42,6 +54,7 @@ SERVICES = (
     "staffel.v1.ReleaseService",
     "staffel.v1.FleetService",
     "staffel.v1.CampaignService",
+    "staffel.v1.AuthService",
 )
 
 
@@ -59,13 +72,16 @@ class ServerConfig:
     refresh_interval: timedelta = timedelta(minutes=10)
     refresh_margin: timedelta = timedelta(hours=6)
     shutdown_grace_seconds: float = 5.0
+    # Seconds between campaign engine steps; 0 runs no background step (tests step directly).
+    engine_interval_seconds: float = 1.0
 
 
 class StaffelServer:
     """The running server: owns its store, repositories, gRPC server and HTTP site."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, clock: Clock = system_clock) -> None:
         self.config = config
+        self.clock = clock
         self.metrics = ServerMetrics()
         if config.database_url:
             self.database = Database.from_url(config.database_url)
@@ -74,19 +90,22 @@ class StaffelServer:
         keys = KeySet.load(config.keys_dir)
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.image_repo = ImageRepository(self.database, keys)
-        self.director = Director(self.database, keys)
+        self.director = Director(self.database, keys, clock=clock)
+        self.engine = CampaignEngine(self.database, clock=clock)
         self.image_repo.initialize()
         self.director.initialize()
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._stepper: asyncio.Task[None] | None = None
         self.grpc_address = ""
         self.http_url = ""
 
     def _grpc_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics)],
+            # The error interceptor is outermost, so it maps the auth errors too.
+            interceptors=[ErrorAndMetricsInterceptor(self.metrics), AuthInterceptor(self.database)],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -98,6 +117,7 @@ class StaffelServer:
                 director=self.director,
                 metrics=self.metrics,
                 poll_seconds=self.config.poll_seconds,
+                clock=self.clock,
             ),
             server,
         )
@@ -118,7 +138,10 @@ class StaffelServer:
             server,
         )
         campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignServicer(database=self.database), server
+            CampaignServicer(database=self.database, clock=self.clock), server
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServicer(database=self.database), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
@@ -157,6 +180,8 @@ class StaffelServer:
         for service in (*SERVICES, ""):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._refresher = asyncio.create_task(self._refresh_metadata())
+        if self.config.engine_interval_seconds > 0:
+            self._stepper = asyncio.create_task(self._step_campaigns())
         log.info("serving gRPC on %s and HTTP on %s", self.grpc_address, self.http_url)
 
     async def _refresh_metadata(self) -> None:
@@ -172,13 +197,24 @@ class StaffelServer:
                 log.exception("re-signing the Image repository failed; retrying later")
             await asyncio.sleep(self.config.refresh_interval.total_seconds())
 
+    async def _step_campaigns(self) -> None:
+        """Runs the campaign engine's step on an interval until cancelled."""
+        while True:
+            try:
+                await asyncio.to_thread(self.engine.step)
+            except Exception:
+                # Logged and retried: one bad step must not stop every campaign for good.
+                log.exception("campaign engine step failed; retrying at the next interval")
+            await asyncio.sleep(self.config.engine_interval_seconds)
+
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING first, then drain calls, then close the store."""
         await self.health.enter_graceful_shutdown()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._stepper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._http is not None:
@@ -213,11 +249,52 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-seconds", type=int, default=300, help="vehicles' poll interval")
     parser.add_argument("--ready-file", type=Path, help="write bound addresses here once serving")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--engine-interval",
+        type=float,
+        default=1.0,
+        help="seconds between campaign engine steps (gates, waves, pacing)",
+    )
     return parser
 
 
+def _token_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="staffel-server create-token",
+        description="Issue a token straight into the store (bootstraps the first admin).",
+    )
+    parser.add_argument("--data-dir", type=Path, required=True, help="the server's data dir")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in --data-dir)")
+    parser.add_argument("--name", required=True, help="who the token is for")
+    parser.add_argument("--role", default="admin", help="viewer, release_manager, approver, admin")
+    return parser
+
+
+def create_token_command(argv: list[str]) -> int:
+    """``staffel-server create-token``: prints a new token (only the operator sees it)."""
+    args = _token_parser().parse_args(argv)
+    try:
+        role = Role.parse(args.role)
+        if args.database_url:
+            database = Database.from_url(args.database_url)
+        else:
+            database = Database.in_data_dir(args.data_dir)
+        try:
+            operator = Principal(name="server-operator", role=Role.ADMIN)
+            print(create_token(database, name=args.name, role=role, created_by=operator))
+        finally:
+            database.dispose()
+    except StaffelError as error:
+        print(f"staffel-server: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``staffel-server``."""
+    """Entry point of ``staffel-server`` (and of ``staffel-server create-token``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["create-token"]:
+        return create_token_command(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(args.log_format)
     if not 1 <= args.poll_seconds <= 86_400:
@@ -230,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_listen=args.grpc_listen,
         http_listen=args.http_listen,
         poll_seconds=args.poll_seconds,
+        engine_interval_seconds=args.engine_interval,
     )
     try:
         asyncio.run(serve(config, args.ready_file))

@@ -65,6 +65,8 @@ def run_demo(root: Path) -> int:
         sandbox.init_keys()
         server = sandbox.start_server()
         say(f"server up: gRPC {server.grpc}, HTTP {server.http} (SQLite store)")
+        sandbox.make_people(server)
+        say("tokens issued: admin (bootstrapped), release-manager, approver")
         relay = sandbox.start_relay(server)
         say(f"edge relay up: gRPC {relay.grpc}, HTTP {relay.http}, upstream {server.http}")
 
@@ -101,9 +103,12 @@ def run_demo(root: Path) -> int:
             say(f"provisioned vehicle {vin}, talking to the relay{note}")
 
         created = sandbox.staffel(
-            server, "campaign", "create", "--name", "gw-2.0", "--bundle", "b1", "--model", MODEL
-        )
+            server, "campaign", "create", "--name", "gw-2.0", "--bundle", "b1", "--model", MODEL,
+            "--max-failure-percent", "50",
+        )  # fmt: skip
         print(created.strip())
+        say("the approver (not the author) approves campaign c1")
+        print(sandbox.staffel(server, "campaign", "approve", "c1", who="approver").strip())
         print(sandbox.staffel(server, "campaign", "start", "c1").strip())
 
         say("vehicles check in through the relay and update")
@@ -118,6 +123,7 @@ def run_demo(root: Path) -> int:
             if "(completed)" in status:
                 break
             time.sleep(0.2)
+        status = "\n".join(line for line in status.splitlines() if not line.startswith("... and"))
         say("campaign status at the server:")
         print(status.rstrip())
         say("summary")
@@ -126,7 +132,7 @@ def run_demo(root: Path) -> int:
         summary = status.splitlines()[0]
         print(summary)
 
-        expected = "3 vehicles, 2 committed, 1 rolled back"
+        expected = "(completed): 3 vehicles, 2 committed, 1 rolled back"
         if failed_clients or expected not in summary:
             say(f"unexpected outcome (expected '{expected}'; client errors: {failed_clients})")
             return 1

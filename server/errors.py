@@ -5,6 +5,8 @@
     ├── NotFoundError          names something that does not exist
     ├── AlreadyExistsError     would create something that exists
     ├── FailedPreconditionError  valid, but not in the current state
+    ├── UnauthenticatedError   no valid token came with the call
+    ├── PermissionDeniedError  the caller's role does not allow the call
     └── RepositoryError        signing or metadata could not be produced
 
 The gRPC layer maps each class to one status code (``server.api.status``);
@@ -34,3 +36,11 @@ class FailedPreconditionError(StaffelError):
 
 class RepositoryError(StaffelError):
     """TUF metadata could not be produced (missing keys, broken store)."""
+
+
+class UnauthenticatedError(StaffelError):
+    """The call carries no token, or one the server does not know (or that was revoked)."""
+
+
+class PermissionDeniedError(StaffelError):
+    """The caller is known, but their role (or the four-eyes rule) does not allow the call."""

@@ -82,6 +82,8 @@ class Sandbox:
     root: Path
     database_url: str | None = None
     services: list[Service] = field(default_factory=list)
+    # Bearer tokens by person, made by make_people(); staffel() uses "release-manager".
+    tokens: dict[str, str] = field(default_factory=dict)
 
     def __enter__(self) -> Sandbox:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -159,9 +161,40 @@ class Sandbox:
             "--http-listen", "127.0.0.1:0",
         )  # fmt: skip
 
-    def staffel(self, server: Service, *arguments: str) -> str:
-        """Runs the release managers' CLI against ``server`` and returns its output."""
-        return self.run(tool("staffel"), "--server", server.grpc, *arguments).stdout
+    def create_admin_token(self, name: str = "server") -> str:
+        """Bootstraps an admin token straight into the server's store."""
+        command = [
+            tool("staffel-server"), "create-token", "--data-dir", str(self.root / name),
+            "--name", "admin", "--role", "admin",
+        ]  # fmt: skip
+        if self.database_url:
+            command += ["--database-url", self.database_url]
+        return self.run(*command).stdout.strip()
+
+    def make_people(self, server: Service) -> None:
+        """An admin, a release manager and an approver, each with a token."""
+        self.tokens["admin"] = self.create_admin_token(server.name)
+        for person, role in (("release-manager", "release_manager"), ("approver", "approver")):
+            self.tokens[person] = self.staffel(
+                server, "token", "create", "--name", person, "--role", role, who="admin"
+            ).strip()
+
+    def staffel(self, server: Service, *arguments: str, who: str = "release-manager") -> str:
+        """Runs the release managers' CLI as ``who`` against ``server``; returns its output."""
+        token = self.tokens.get(who, "")
+        return self.run(
+            tool("staffel"), "--server", server.grpc, "--token", token, *arguments
+        ).stdout
+
+    def start_campaign(self, server: Service, *create_arguments: str) -> str:
+        """Creates a campaign, has the approver approve it, starts it; returns its id."""
+        created = json.loads(
+            self.staffel(server, "--json", "campaign", "create", *create_arguments)
+        )
+        campaign_id: str = created["campaignId"]
+        self.staffel(server, "campaign", "approve", campaign_id, who="approver")
+        self.staffel(server, "campaign", "start", campaign_id)
+        return campaign_id
 
     def provision_vehicle(
         self,

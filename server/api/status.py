@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from sqlalchemy.exc import OperationalError
@@ -15,8 +15,10 @@ from server.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RepositoryError,
     StaffelError,
+    UnauthenticatedError,
 )
 from server.metrics import ServerMetrics
 
@@ -28,6 +30,8 @@ _CODES: dict[type[StaffelError], grpc.StatusCode] = {
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     RepositoryError: grpc.StatusCode.INTERNAL,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -45,7 +49,7 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
+    async def intercept_service(  # noqa: PLR0915 - one wrapper per RPC shape, side by side
         self,
         continuation: Callable[
             [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
@@ -64,6 +68,29 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
             code = grpc.StatusCode.OK
             try:
                 return await behavior(request, context)
+            except StaffelError as error:
+                code = status_code_for(error)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                await context.abort(code, str(error))
+            except OperationalError as error:
+                code = grpc.StatusCode.UNAVAILABLE
+                log.warning("%s: database unavailable: %s", method, error.orig)
+                await context.abort(code, "the server's database is unavailable; retry later")
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.rpc_latency.labels(method, code.name).observe(time.perf_counter() - started)
+
+        async def guarded_stream(
+            behavior: Callable[..., AsyncIterator[Any]], request: Any, context: Any
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in behavior(request, context):
+                    yield item
             except StaffelError as error:
                 code = status_code_for(error)
                 if code == grpc.StatusCode.INTERNAL:
@@ -98,6 +125,17 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
+
+            def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                return guarded_stream(inner_us, request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

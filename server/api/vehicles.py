@@ -9,8 +9,10 @@ from typing import Any
 import grpc
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
+from server.api.convert import timestamp
 from server.campaigns.checkin import check_in
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
+from server.clock import Clock, system_clock
 from server.errors import InvalidArgumentError
 from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
@@ -54,8 +56,15 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
     """Answers vehicles (directly or through a relay)."""
 
     def __init__(
-        self, *, database: Database, director: Director, metrics: ServerMetrics, poll_seconds: int
+        self,
+        *,
+        database: Database,
+        director: Director,
+        metrics: ServerMetrics,
+        poll_seconds: int,
+        clock: Clock = system_clock,
     ) -> None:
+        self._clock = clock
         self._database = database
         self._director = director
         self._metrics = metrics
@@ -75,6 +84,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             ecus=ecus,
             nonce=request.nonce,
             poll_seconds=self._poll_seconds,
+            clock=self._clock,
         )
         if result.director is None:
             self._metrics.checkins.labels("nothing_to_do").inc()
@@ -82,6 +92,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 nothing_to_do=vehicle_pb2.NothingToDo(), next_poll_seconds=result.next_poll_seconds
             )
         self._metrics.checkins.labels("update").inc()
+        window = result.install_window
         return vehicle_pb2.CheckInResponse(
             update=vehicle_pb2.UpdateOffer(
                 assignment_id=result.assignment_id,
@@ -90,6 +101,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                     snapshot=result.director.snapshot,
                     targets=result.director.targets,
                 ),
+                install_not_before=timestamp(window[0] if window else None),
+                install_not_after=timestamp(window[1] if window else None),
             ),
             next_poll_seconds=result.next_poll_seconds,
         )
@@ -98,7 +111,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self, request: vehicle_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vehicle_pb2.ReportEventsResponse:
         events = [reported_event(e) for e in request.events]
-        outcome = await asyncio.to_thread(record_events, self._database, request.vin, events)
+        outcome = await asyncio.to_thread(
+            record_events, self._database, request.vin, events, clock=self._clock
+        )
         for kind in outcome.new_kinds:
             self._metrics.vehicle_events.labels(kind.value).inc()
         return vehicle_pb2.ReportEventsResponse(

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
-from server.campaigns.engine import complete_if_done
-from server.campaigns.models import (
-    FINAL_ASSIGNMENT_STATES,
-    Assignment,
-    AssignmentState,
-    Campaign,
-    CampaignState,
-)
+from server.campaigns.models import Assignment, AssignmentState, Campaign, CampaignState
+from server.campaigns.plan import CampaignPlan
+from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError
-from server.fleet.models import Ecu
+from server.fleet.models import Ecu, Vehicle
 from server.fleet.registry import EcuSpec, load_vehicle
 from server.releases.catalog import load_bundle_images
+from server.releases.models import Image
 from server.repository.director import Director, DirectorTarget, SignedDirectorMetadata
 from server.store import Database
 from server.validation import check_sha256, check_vin
@@ -28,6 +26,7 @@ MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
 # last_seen is written at most this often per vehicle, so a quiet check-in writes nothing.
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+_OFFERABLE = (AssignmentState.PENDING, AssignmentState.IN_PROGRESS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,8 @@ class CheckInResult:
     next_poll_seconds: int
     assignment_id: str = ""
     director: SignedDirectorMetadata | None = None
+    # The site's maintenance window (opens, closes) in UTC, when the campaign has one.
+    install_window: tuple[datetime, datetime] | None = None
 
 
 def _check_request(vin: str, ecus: Sequence[EcuSpec], nonce: bytes) -> None:
@@ -49,7 +50,9 @@ def _check_request(vin: str, ecus: Sequence[EcuSpec], nonce: bytes) -> None:
         check_sha256(ecu.installed_sha256, "installed image hash")
 
 
-def _record_inventory(session: Session, vin: str, reported: Sequence[EcuSpec]) -> None:
+def _record_inventory(
+    session: Session, vin: str, reported: Sequence[EcuSpec], now: datetime
+) -> tuple[Vehicle, list[Ecu]]:
     """Checks the reported ECUs against the registry and stores what changed."""
     vehicle, registered = load_vehicle(session, vin)
     by_serial = {ecu.serial: ecu for ecu in registered}
@@ -69,26 +72,70 @@ def _record_inventory(session: Session, vin: str, reported: Sequence[EcuSpec]) -
         if ecu.installed_sha256 != known.installed_sha256:
             known.installed_sha256 = ecu.installed_sha256
             session.add(known)
-    now = datetime.now(UTC)
+            # Installed images are a selector: the vehicle may now join a campaign.
+            vehicle.changed_at = now
+            session.add(vehicle)
     last_seen = vehicle.last_seen
-    if last_seen is not None and last_seen.tzinfo is None:
-        last_seen = last_seen.replace(tzinfo=UTC)
-    if last_seen is None or now - last_seen >= LAST_SEEN_RESOLUTION:
+    if last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION:
         vehicle.last_seen = now
         session.add(vehicle)
+    return vehicle, registered
 
 
 def _open_assignment(session: Session, vin: str) -> tuple[Assignment, Campaign] | None:
+    """The assignment to offer: released in a running campaign, or taken in a paused one."""
     row = session.exec(
         select(Assignment, Campaign)
         .join(Campaign, col(Campaign.id) == col(Assignment.campaign_id))
         .where(Assignment.vin == vin)
-        .where(Campaign.state == CampaignState.RUNNING)
-        .where(col(Assignment.state).not_in(FINAL_ASSIGNMENT_STATES))
+        .where(
+            or_(
+                and_(
+                    col(Campaign.state) == CampaignState.RUNNING,
+                    col(Assignment.state).in_(_OFFERABLE),
+                ),
+                and_(
+                    col(Campaign.state) == CampaignState.PAUSED,
+                    col(Assignment.state) == AssignmentState.IN_PROGRESS,
+                ),
+            )
+        )
         .order_by(col(Assignment.id))
         .limit(1)
+        .with_for_update(of=Assignment)
     ).first()
     return (row[0], row[1]) if row else None
+
+
+def _targets(
+    session: Session, assignment: Assignment, campaign: Campaign, ecus: Sequence[Ecu]
+) -> list[DirectorTarget]:
+    if assignment.targets:
+        wanted: dict[str, str] = json.loads(assignment.targets)
+        images = {
+            i.target_name: i
+            for i in session.exec(
+                select(Image).where(col(Image.target_name).in_(wanted.values()))
+            ).all()
+        }
+        pairs = [(images[wanted[e.serial]], e) for e in ecus if wanted.get(e.serial) in images]
+    else:
+        pairs = [
+            (image, ecu)
+            for image in load_bundle_images(session, campaign.bundle_id)
+            for ecu in ecus
+            if ecu.hardware_id == image.hardware_id
+        ]
+    return [
+        DirectorTarget(
+            target_name=image.target_name,
+            sha256=image.sha256,
+            length=image.length,
+            ecu_serial=ecu.serial,
+            hardware_id=ecu.hardware_id,
+        )
+        for image, ecu in pairs
+    ]
 
 
 def check_in(
@@ -99,6 +146,7 @@ def check_in(
     ecus: Sequence[EcuSpec],
     nonce: bytes,
     poll_seconds: int,
+    clock: Clock = system_clock,
 ) -> CheckInResult:
     """Handles one check-in.
 
@@ -107,44 +155,40 @@ def check_in(
         NotFoundError: the vehicle is not registered.
     """
     _check_request(vin, ecus, nonce)
+    now = clock()
     with database.session() as session:
-        _record_inventory(session, vin, ecus)
+        vehicle, registered = _record_inventory(session, vin, ecus, now)
         found = _open_assignment(session, vin)
         if found is None:
             return CheckInResult(next_poll_seconds=poll_seconds)
         assignment, campaign = found
-        assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
-        _, registered = load_vehicle(session, vin)
-        targets = [
-            DirectorTarget(
-                target_name=image.target_name,
-                sha256=image.sha256,
-                length=image.length,
-                ecu_serial=ecu.serial,
-                hardware_id=ecu.hardware_id,
-            )
-            for image in load_bundle_images(session, campaign.bundle_id)
-            for ecu in registered
-            if ecu.hardware_id == image.hardware_id
-        ]
-        now = datetime.now(UTC).replace(microsecond=0)
+        targets = _targets(session, assignment, campaign, registered)
         if not targets:
             assignment.state = AssignmentState.FAILED
+            assignment.failure_type = "install"
+            assignment.reported_at = now
             assignment.last_event = (
                 "failed: no ECU of the vehicle matches the bundle's hardware ids"
             )
             assignment.updated_at = now
             session.add(assignment)
-            session.flush()
-            complete_if_done(session, campaign.id)
             return CheckInResult(next_poll_seconds=poll_seconds)
         if assignment.state == AssignmentState.PENDING:
             assignment.state = AssignmentState.IN_PROGRESS
+            assignment.offered_at = now
+            assignment.previous = json.dumps(
+                {e.serial: e.installed_sha256 for e in registered}, sort_keys=True
+            )
             assignment.last_event = "offered"
             assignment.updated_at = now
             session.add(assignment)
+        window = CampaignPlan.from_json(campaign.plan).window_for(vehicle.site)
+        install_window = window.occurrence(now) if window is not None else None
         assignment_id = str(assignment.id)
     signed = director.sign_for_vehicle(vin, targets)
     return CheckInResult(
-        next_poll_seconds=poll_seconds, assignment_id=assignment_id, director=signed
+        next_poll_seconds=poll_seconds,
+        assignment_id=assignment_id,
+        director=signed,
+        install_window=install_window,
     )

@@ -1,235 +1,277 @@
-"""Creating, starting and reading campaigns."""
+"""The campaign engine's step: late joiners, gates, waves, pacing, completion.
+
+One step of one campaign is one transaction that locks the campaign row (``FOR UPDATE`` on
+PostgreSQL), so two servers or a killed one never double-count. Every change is a set-based
+statement over the campaign's assignments: the cost grows with the rows touched, not with
+the fleet. A step changes nothing when nothing changed, so it is safe to run at any time,
+on an interval in the server and directly in tests.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlmodel import Session, col, select
+from sqlalchemy import CursorResult, Exists, and_, exists, func, insert, literal, update
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, SQLModel, col, select
 
+from server.auth import audit
+from server.auth.roles import ENGINE
+from server.campaigns.gates import WaveCounts
 from server.campaigns.models import (
+    ACTIVE_CAMPAIGN_STATES,
     FINAL_ASSIGNMENT_STATES,
     Assignment,
     AssignmentState,
     Campaign,
+    CampaignKind,
     CampaignState,
 )
-from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from server.campaigns.plan import CampaignPlan
+from server.clock import Clock, as_utc, system_clock
 from server.fleet.models import Vehicle
-from server.releases.catalog import bundle_public_id, parse_bundle_id
-from server.releases.models import Bundle
+from server.fleet.selectors import FleetSelector
 from server.store import Database
-from server.validation import check_name, check_vin
 
-CAMPAIGN_PREFIX = "c"
-MAX_SELECTOR_VINS = 10_000
+log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class FleetSelector:
-    """Which vehicles a campaign is for: a model, a list of VINs, or both."""
-
-    vehicle_model: str = ""
-    vins: tuple[str, ...] = ()
-
-    def validate(self) -> None:
-        """Raises InvalidArgumentError unless the selector is well formed and not empty."""
-        if self.vehicle_model:
-            check_name(self.vehicle_model, "vehicle model")
-        if len(self.vins) > MAX_SELECTOR_VINS:
-            raise InvalidArgumentError(f"a selector lists at most {MAX_SELECTOR_VINS} VINs")
-        for vin in self.vins:
-            check_vin(vin)
-        if not self.vehicle_model and not self.vins:
-            raise InvalidArgumentError("a selector needs a vehicle model, VINs, or both")
-
-
-@dataclass(frozen=True)
-class AssignmentView:
-    """One vehicle's progress in a campaign."""
-
-    assignment_id: str
-    vin: str
-    state: AssignmentState
-    last_event: str
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class CampaignView:
-    """A campaign with its counts and the progress of each vehicle."""
-
-    campaign_id: str
-    name: str
-    bundle_id: str
-    selector: FleetSelector
-    state: CampaignState
-    created_at: datetime
-    counts: Counter[AssignmentState] = field(default_factory=Counter)
-    assignments: tuple[AssignmentView, ...] = ()
+# Vehicles changed this long before the newest change seen are looked at again, so a
+# registration that committed late is not missed; the anti-join makes it harmless.
+JOIN_LOOKBACK = timedelta(seconds=10)
+PACING_PERIOD = timedelta(minutes=1)
+_ASSIGNMENT_TABLE = SQLModel.metadata.tables["campaign_assignment"]
 
 
 def campaign_public_id(campaign_id: int) -> str:
     """The id shown to users, e.g. ``c1``."""
-    return f"{CAMPAIGN_PREFIX}{campaign_id}"
+    return f"c{campaign_id}"
 
 
-def parse_campaign_id(public_id: str) -> int:
-    """The row id behind ``c1``; InvalidArgumentError for anything else."""
-    digits = public_id.removeprefix(CAMPAIGN_PREFIX)
-    if not public_id.startswith(CAMPAIGN_PREFIX) or not digits.isdigit() or len(digits) > 18:
-        raise InvalidArgumentError(f"campaign id {public_id!r} is not valid (expected e.g. 'c1')")
-    return int(digits)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def create_campaign(
-    database: Database, *, name: str, bundle_id: str, selector: FleetSelector
-) -> CampaignView:
-    """Creates a campaign in the draft state."""
-    check_name(name, "campaign name")
-    selector.validate()
-    bundle_row_id = parse_bundle_id(bundle_id)
-    with database.session() as session:
-        bundle = session.get(Bundle, bundle_row_id)
-        if bundle is None:
-            raise NotFoundError(f"bundle {bundle_id} does not exist")
-        if selector.vehicle_model and selector.vehicle_model != bundle.vehicle_model:
-            raise InvalidArgumentError(
-                f"bundle {bundle_id} is for model {bundle.vehicle_model}, "
-                f"not {selector.vehicle_model}"
+def busy_elsewhere(campaign_id: int) -> Exists:
+    """SQL: the vehicle holds an unfinished assignment in another active campaign."""
+    other = _ASSIGNMENT_TABLE.alias("other")
+    return exists(
+        select(other.c.id)
+        .join(Campaign, col(Campaign.id) == other.c.campaign_id)
+        .where(
+            and_(
+                other.c.vin == col(Vehicle.vin),
+                other.c.campaign_id != campaign_id,
+                other.c.state.not_in(list(FINAL_ASSIGNMENT_STATES)),
+                col(Campaign.state).in_(list(ACTIVE_CAMPAIGN_STATES)),
             )
-        campaign = Campaign(
-            name=name,
-            bundle_id=bundle_row_id,
-            selector_model=selector.vehicle_model or bundle.vehicle_model,
-            selector_vins=" ".join(selector.vins),
-            created_at=_now(),
         )
-        session.add(campaign)
-        session.flush()
-        return _view(session, campaign)
+    )
 
 
-def _select_vehicles(session: Session, campaign: Campaign) -> Sequence[str]:
-    query = select(Vehicle.vin).where(Vehicle.model == campaign.selector_model)
-    if campaign.selector_vins:
-        query = query.where(col(Vehicle.vin).in_(campaign.selector_vins.split()))
-    return session.exec(query.order_by(col(Vehicle.vin))).all()
+def wave_counts(
+    session: Session, campaign_id: int, *, reported_since: datetime | None = None
+) -> dict[int, WaveCounts]:
+    """Counts per wave; with ``reported_since``, only outcomes reported from then on."""
+    query = (
+        select(Assignment.wave, Assignment.state, func.count())
+        .where(Assignment.campaign_id == campaign_id)
+        .group_by(col(Assignment.wave), col(Assignment.state))
+    )
+    if reported_since is not None:
+        query = query.where(col(Assignment.reported_at) >= reported_since)
+    by_wave: dict[int, dict[AssignmentState, int]] = defaultdict(dict)
+    for wave, state, number in session.exec(query).all():
+        by_wave[wave][AssignmentState(state)] = number
+    return {wave: WaveCounts.of(states) for wave, states in by_wave.items()}
 
 
-def _busy_vins(session: Session, vins: Sequence[str]) -> set[str]:
-    """VINs that hold an unfinished assignment of another running campaign."""
-    rows = session.exec(
-        select(Assignment.vin)
-        .join(Campaign, col(Campaign.id) == col(Assignment.campaign_id))
-        .where(col(Assignment.vin).in_(vins))
-        .where(Campaign.state == CampaignState.RUNNING)
-        .where(col(Assignment.state).not_in(FINAL_ASSIGNMENT_STATES))
-    ).all()
-    return set(rows)
+def opened_moments(campaign: Campaign) -> list[datetime]:
+    """When each opened wave opened."""
+    return [datetime.fromisoformat(text) for text in json.loads(campaign.waves_opened)]
 
 
-def start_campaign(database: Database, public_id: str) -> CampaignView:
-    """Starts a draft campaign: every selected vehicle gets an assignment.
+def open_wave(session: Session, campaign: Campaign, now: datetime) -> None:
+    """Opens the next wave (its assignments are released by the pacing step)."""
+    campaign.current_wave += 1
+    campaign.waves_opened = json.dumps(
+        [*json.loads(campaign.waves_opened), now.isoformat()], separators=(",", ":")
+    )
+    campaign.gate_met_at = None
+    assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
+    audit.record(
+        session,
+        ENGINE,
+        "campaign.wave_open",
+        campaign_public_id(campaign.id),
+        lambda: now,
+        wave=campaign.current_wave,
+    )
 
-    A vehicle busy in another running campaign is left out (one active campaign at a time).
 
-    Raises:
-        FailedPreconditionError: the campaign is not a draft, or selects no free vehicle.
-    """
-    campaign_id = parse_campaign_id(public_id)
-    with database.session() as session:
-        campaign = session.exec(
-            select(Campaign).where(Campaign.id == campaign_id).with_for_update()
-        ).first()
-        if campaign is None:
-            raise NotFoundError(f"campaign {public_id} does not exist")
-        if campaign.state != CampaignState.DRAFT:
-            raise FailedPreconditionError(
-                f"campaign {public_id} is {campaign.state.value}; only a draft can be started"
+def _join_late_vehicles(session: Session, campaign: Campaign, now: datetime) -> None:
+    """Vehicles that match the selector since the last step join the open wave."""
+    if campaign.kind != CampaignKind.UPDATE or campaign.joined_until is None:
+        return
+    assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
+    since = as_utc(campaign.joined_until) - JOIN_LOOKBACK
+    newest: datetime | None = session.exec(
+        select(func.max(Vehicle.changed_at)).where(col(Vehicle.changed_at) >= since)
+    ).one()
+    if newest is None:
+        return
+    mine = exists(
+        select(Assignment.id).where(
+            and_(col(Assignment.campaign_id) == campaign.id, col(Assignment.vin) == Vehicle.vin)
+        )
+    )
+    joining = sql_select(
+        literal(campaign.id),
+        col(Vehicle.vin),
+        literal(campaign.current_wave),
+        literal(AssignmentState.QUEUED, _ASSIGNMENT_TABLE.c.state.type),
+        literal(now),
+        literal("joined after the start"),
+    ).where(
+        col(Vehicle.changed_at) >= since,
+        *FleetSelector.from_json(campaign.selector).conditions(),
+        ~mine,
+        ~busy_elsewhere(campaign.id),
+    )
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            insert(Assignment).from_select(
+                ["campaign_id", "vin", "wave", "state", "updated_at", "last_event"], joining
             )
-        vins = _select_vehicles(session, campaign)
-        busy = _busy_vins(session, vins) if vins else set()
-        free = [vin for vin in vins if vin not in busy]
-        if not free:
-            raise FailedPreconditionError(
-                f"campaign {public_id} selects no vehicle that is free "
-                f"({len(vins)} match, {len(busy)} busy in other campaigns)"
-            )
-        now = _now()
-        for vin in free:
-            session.add(Assignment(campaign_id=campaign_id, vin=vin, updated_at=now))
-        campaign.state = CampaignState.RUNNING
-        campaign.started_at = now
-        session.add(campaign)
-        session.flush()
-        return _view(session, campaign)
+        ),
+    )
+    if result.rowcount:
+        audit.record(
+            session,
+            ENGINE,
+            "campaign.late_join",
+            campaign_public_id(campaign.id),
+            lambda: now,
+            vehicles=result.rowcount,
+            wave=campaign.current_wave,
+        )
+    campaign.joined_until = newest
 
 
-def get_campaign(database: Database, public_id: str) -> CampaignView:
-    """The campaign with its counts and each vehicle's progress."""
-    campaign_id = parse_campaign_id(public_id)
-    with database.session() as session:
-        campaign = session.get(Campaign, campaign_id)
-        if campaign is None:
-            raise NotFoundError(f"campaign {public_id} does not exist")
-        return _view(session, campaign)
+def _release(session: Session, campaign: Campaign, plan: CampaignPlan, now: datetime) -> None:
+    """Queued assignments of the open waves become pending, within the pacing budget."""
+    assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
+    queued = (
+        select(Assignment.id)
+        .where(Assignment.campaign_id == campaign.id)
+        .where(col(Assignment.wave) <= campaign.current_wave)
+        .where(Assignment.state == AssignmentState.QUEUED)
+    )
+    released_recently = session.exec(
+        select(func.count())
+        .select_from(Assignment)
+        .where(Assignment.campaign_id == campaign.id)
+        .where(col(Assignment.released_at) > now - PACING_PERIOD)
+    ).one()
+    budget = plan.pacing.budget(int(released_recently))
+    if budget == 0:
+        return
+    if budget is not None:
+        queued = queued.order_by(col(Assignment.wave), col(Assignment.id)).limit(budget)
+    session.execute(
+        update(Assignment)
+        .where(col(Assignment.id).in_(queued.scalar_subquery()))
+        .values(state=AssignmentState.PENDING, released_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
-def complete_if_done(session: Session, campaign_id: int) -> None:
-    """Marks a running campaign completed once every assignment has its outcome.
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step did to one campaign."""
 
-    The campaign row is locked first, so that of two vehicles reporting their final
-    outcome at once, the second sees the first one's outcome and completes the campaign.
-    """
+    campaign_id: str
+    state: CampaignState
+    wave: int
+
+
+def step_campaign(session: Session, campaign_id: int, now: datetime) -> StepOutcome | None:
+    """One engine step of one campaign inside ``session``; None if it is not running."""
+    from server.campaigns.rollback import start_rollback  # noqa: PLC0415 - import cycle
+
     campaign = session.exec(
         select(Campaign).where(Campaign.id == campaign_id).with_for_update()
     ).first()
     if campaign is None or campaign.state != CampaignState.RUNNING:
-        return
-    open_assignment = session.exec(
-        select(Assignment.id)
-        .where(Assignment.campaign_id == campaign_id)
-        .where(col(Assignment.state).not_in(FINAL_ASSIGNMENT_STATES))
-        .limit(1)
-    ).first()
-    if open_assignment is None:
-        campaign.state = CampaignState.COMPLETED
-        campaign.completed_at = _now()
+        return None
+    public_id = campaign_public_id(campaign_id)
+    plan = CampaignPlan.from_json(campaign.plan)
+    gate = plan.gate
+    _join_late_vehicles(session, campaign, now)
+    counts = wave_counts(session, campaign_id)
+    reset = campaign.gate_reset_at
+    judged = counts if reset is None else wave_counts(session, campaign_id, reported_since=reset)
+    for wave in range(1, campaign.current_wave + 1):
+        reason = gate.failure_tripped(judged.get(wave, WaveCounts()))
+        if reason is None:
+            continue
+        campaign.state = CampaignState.PAUSED
+        campaign.pause_reason = f"failure gate of wave {wave}: {reason}"
+        campaign.gate_met_at = None
         session.add(campaign)
-
-
-def _view(session: Session, campaign: Campaign) -> CampaignView:
-    assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
-    assignments = session.exec(
-        select(Assignment)
-        .where(Assignment.campaign_id == campaign.id)
-        .order_by(col(Assignment.vin))
-    ).all()
-    return CampaignView(
-        campaign_id=campaign_public_id(campaign.id),
-        name=campaign.name,
-        bundle_id=bundle_public_id(campaign.bundle_id),
-        selector=FleetSelector(
-            vehicle_model=campaign.selector_model, vins=tuple(campaign.selector_vins.split())
-        ),
-        state=campaign.state,
-        created_at=campaign.created_at,
-        counts=Counter(a.state for a in assignments),
-        assignments=tuple(
-            AssignmentView(
-                assignment_id=str(a.id),
-                vin=a.vin,
-                state=a.state,
-                last_event=a.last_event,
-                updated_at=a.updated_at,
-            )
-            for a in assignments
-        ),
+        audit.record(session, ENGINE, "campaign.auto_pause", public_id, lambda: now, reason=reason)
+        log.warning("campaign %s paused: %s", public_id, campaign.pause_reason)
+        if plan.rollback_on_failure:
+            start_rollback(session, campaign, actor=ENGINE, now=now, reason=reason)
+        return StepOutcome(public_id, campaign.state, campaign.current_wave)
+    current = counts.get(campaign.current_wave, WaveCounts())
+    if gate.success_holds(current):
+        if campaign.gate_met_at is None:
+            campaign.gate_met_at = now
+    else:
+        campaign.gate_met_at = None
+    met_at = None if campaign.gate_met_at is None else as_utc(campaign.gate_met_at)
+    if campaign.current_wave < len(plan.waves) and gate.soaked(met_at, now):
+        open_wave(session, campaign, now)
+    _release(session, campaign, plan, now)
+    unfinished = sum(
+        c.queued + c.pending + c.in_progress
+        for wave, c in counts.items()
+        if wave <= campaign.current_wave
     )
+    later_waves = sum(c.total for wave, c in counts.items() if wave > campaign.current_wave)
+    if campaign.current_wave == len(plan.waves) and unfinished == 0 and later_waves == 0:
+        campaign.state = CampaignState.COMPLETED
+        campaign.completed_at = now
+        audit.record(session, ENGINE, "campaign.complete", public_id, lambda: now)
+    session.add(campaign)
+    return StepOutcome(public_id, campaign.state, campaign.current_wave)
+
+
+class CampaignEngine:
+    """Steps every running campaign; the server runs it on an interval, tests directly."""
+
+    def __init__(self, database: Database, *, clock: Clock = system_clock) -> None:
+        self._database = database
+        self._clock = clock
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock."""
+        return self._clock
+
+    def step(self) -> list[StepOutcome]:
+        """One step of each running campaign, each in its own transaction."""
+        with self._database.session() as session:
+            running = session.exec(
+                select(Campaign.id).where(Campaign.state == CampaignState.RUNNING)
+            ).all()
+        outcomes = []
+        for campaign_id in running:
+            assert campaign_id is not None  # noqa: S101 - persisted campaigns have ids
+            with self._database.session() as session:
+                outcome = step_campaign(session, campaign_id, self._clock())
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes

@@ -6,12 +6,14 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from server.campaigns.engine import complete_if_done
-from server.campaigns.models import Assignment, AssignmentState, VehicleEventRecord
+from server.campaigns.eligibility import MaintenanceWindow
+from server.campaigns.models import Assignment, AssignmentState, Campaign, VehicleEventRecord
+from server.campaigns.plan import CampaignPlan
+from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError, NotFoundError
 from server.fleet.models import Vehicle
 from server.store import Database
@@ -47,14 +49,6 @@ class FailureType(enum.StrEnum):
     HEALTH = "health"
     ROLLED_BACK = "rolled_back"
     TIMED_OUT = "timed_out"
-
-
-# The outcome an event settles; every other event means "in progress".
-_OUTCOMES = {
-    EventKind.COMMITTED: AssignmentState.COMMITTED,
-    EventKind.ROLLED_BACK: AssignmentState.ROLLED_BACK,
-    EventKind.FAILED: AssignmentState.FAILED,
-}
 
 
 @dataclass(frozen=True)
@@ -109,11 +103,18 @@ class ReportOutcome:
         return len(self.new_kinds)
 
 
-def record_events(database: Database, vin: str, events: Sequence[ReportedEvent]) -> ReportOutcome:
+def record_events(
+    database: Database,
+    vin: str,
+    events: Sequence[ReportedEvent],
+    *,
+    clock: Clock = system_clock,
+) -> ReportOutcome:
     """Stores the events a vehicle reported and applies them to its assignments.
 
     The whole report is one transaction; an event id seen before is counted as a duplicate
-    and changes nothing, so a vehicle may resend a report safely.
+    and changes nothing, so a vehicle may resend a report safely. Outcomes are counted by
+    the campaign engine's next step.
     """
     check_vin(vin)
     if len(events) > MAX_EVENTS_PER_REPORT:
@@ -122,9 +123,10 @@ def record_events(database: Database, vin: str, events: Sequence[ReportedEvent])
         reported.validate()
     if len({e.event_id for e in events}) != len(events):
         raise InvalidArgumentError("a report lists each event id once")
-    received_at = datetime.now(UTC)
+    received_at = clock()
     with database.session() as session:
-        if session.get(Vehicle, vin) is None:
+        vehicle = session.get(Vehicle, vin)
+        if vehicle is None:
             raise NotFoundError(f"vehicle {vin} is not registered")
         seen = set(
             session.exec(
@@ -138,7 +140,7 @@ def record_events(database: Database, vin: str, events: Sequence[ReportedEvent])
         assignments = {
             a.id: a
             for a in session.exec(
-                select(Assignment).where(col(Assignment.id).in_(assignment_ids))
+                select(Assignment).where(col(Assignment.id).in_(assignment_ids)).with_for_update()
             ).all()
         }
         for assignment_id in assignment_ids:
@@ -147,6 +149,7 @@ def record_events(database: Database, vin: str, events: Sequence[ReportedEvent])
                 raise InvalidArgumentError(
                     f"assignment {assignment_id} does not belong to vehicle {vin}"
                 )
+        windows = _windows(session, {a.campaign_id for a in assignments.values()}, vehicle.site)
         for reported in new_events:
             assignment_row_id = int(reported.assignment_id) if reported.assignment_id else None
             session.add(
@@ -163,19 +166,78 @@ def record_events(database: Database, vin: str, events: Sequence[ReportedEvent])
                 )
             )
             if assignment_row_id is not None:
-                _apply(assignments[assignment_row_id], reported, received_at)
-        session.flush()
-        for campaign_id in {a.campaign_id for a in assignments.values()}:
-            complete_if_done(session, campaign_id)
+                assignment = assignments[assignment_row_id]
+                apply_event(assignment, reported, received_at, windows.get(assignment.campaign_id))
     return ReportOutcome(
         new_kinds=tuple(e.kind for e in new_events), duplicates=len(events) - len(new_events)
     )
 
 
-def _apply(assignment: Assignment, reported: ReportedEvent, now: datetime) -> None:
-    """Moves an assignment forward; a settled outcome never flips back."""
+def _windows(session: Session, campaign_ids: set[int], site: str) -> dict[int, MaintenanceWindow]:
+    """The maintenance window of the vehicle's site in each of these campaigns."""
+    found = {}
+    for campaign in session.exec(select(Campaign).where(col(Campaign.id).in_(campaign_ids))):
+        window = CampaignPlan.from_json(campaign.plan).window_for(site)
+        if window is not None and campaign.id is not None:
+            found[campaign.id] = window
+    return found
+
+
+_INSTALL_STEPS = frozenset(
+    {EventKind.INSTALLED, EventKind.REBOOTED, EventKind.HEALTHY, EventKind.COMMITTED}
+)
+
+
+def _settle(assignment: Assignment, state: AssignmentState, failure: str, now: datetime) -> None:
+    assignment.state = state
+    assignment.failure_type = failure
+    assignment.reported_at = now
+
+
+def apply_event(
+    assignment: Assignment,
+    reported: ReportedEvent,
+    now: datetime,
+    window: MaintenanceWindow | None,
+) -> None:
+    """Moves an assignment forward; a settled outcome never flips back.
+
+    Success needs a HEALTHY report before COMMITTED; an install step outside the site's
+    maintenance window fails the assignment (failure type install) instead of counting.
+    """
     if assignment.state.is_final:
         return
-    assignment.state = _OUTCOMES.get(reported.kind, AssignmentState.IN_PROGRESS)
-    assignment.last_event = reported.summary()[:1100]
-    assignment.updated_at = now.replace(microsecond=0)
+    assignment.updated_at = now
+    summary = reported.summary()
+    if window is not None and reported.kind in _INSTALL_STEPS:
+        occurred = as_utc(reported.occurred_at)
+        if not window.contains(occurred):
+            _settle(assignment, AssignmentState.FAILED, FailureType.INSTALL.value, now)
+            assignment.last_event = (
+                f"{reported.kind.value} at {occurred:%Y-%m-%d %H:%M} UTC, outside the "
+                f"maintenance window {window.describe()} of site {window.site}: not counted"
+            )[:1100]
+            return
+    assignment.last_event = summary[:1100]
+    if assignment.state in (AssignmentState.QUEUED, AssignmentState.PENDING):
+        assignment.state = AssignmentState.IN_PROGRESS
+    match reported.kind:
+        case EventKind.HEALTHY:
+            assignment.healthy = True
+        case EventKind.HEALTH_FAILED:
+            assignment.failure_type = FailureType.HEALTH.value
+        case EventKind.COMMITTED if assignment.healthy:
+            _settle(assignment, AssignmentState.COMMITTED, "", now)
+        case EventKind.COMMITTED:
+            assignment.last_event = "committed without a healthy report: not counted as success"
+        case EventKind.ROLLED_BACK:
+            failure = (
+                reported.failure_type.value
+                or assignment.failure_type
+                or FailureType.ROLLED_BACK.value
+            )
+            _settle(assignment, AssignmentState.ROLLED_BACK, failure, now)
+        case EventKind.FAILED:
+            _settle(assignment, AssignmentState.FAILED, reported.failure_type.value, now)
+        case _:
+            pass

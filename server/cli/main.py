@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 from staffel.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     campaign_pb2,
     campaign_pb2_grpc,
     fleet_pb2,
@@ -33,7 +36,47 @@ class CliError(Exception):
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    return grpc.insecure_channel(args.server)
+    channel = grpc.insecure_channel(args.server)
+    if not args.token:
+        return channel
+    return grpc.intercept_channel(channel, _BearerToken(args.token))
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds ``authorization: Bearer TOKEN`` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """Call details with our metadata added."""
 
 
 def _print(args: argparse.Namespace, message: object, human: str) -> None:
@@ -139,7 +182,14 @@ def fleet_provision(args: argparse.Namespace) -> int:
     ecus = [_parse_ecu(text) for text in args.ecu]
     with _channel(args) as channel:
         answer = fleet_pb2_grpc.FleetServiceStub(channel).ProvisionVehicle(
-            fleet_pb2.ProvisionVehicleRequest(vin=args.vin, model=args.model, ecus=ecus),
+            fleet_pb2.ProvisionVehicleRequest(
+                vin=args.vin,
+                model=args.model,
+                ecus=ecus,
+                region=args.region,
+                site=args.site,
+                tags=args.tag or [],
+            ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
     out = Path(args.out)
@@ -156,13 +206,35 @@ def fleet_provision(args: argparse.Namespace) -> int:
 
 
 _STATE_NAMES = {
-    value: name.removeprefix("CAMPAIGN_STATE_").lower()
+    value: name.removeprefix("CAMPAIGN_STATE_").lower().replace("_", " ")
     for name, value in campaign_pb2.CampaignState.items()
 }
 _ASSIGNMENT_NAMES = {
     value: name.removeprefix("ASSIGNMENT_STATE_").lower()
     for name, value in campaign_pb2.AssignmentState.items()
 }
+
+
+def _selector(args: argparse.Namespace) -> campaign_pb2.FleetSelector:
+    return campaign_pb2.FleetSelector(
+        vehicle_model=args.model,
+        vins=args.vin or [],
+        regions=args.region or [],
+        sites=args.site or [],
+        tags=args.tag or [],
+        installed_images=args.installed or [],
+    )
+
+
+def _add_selector_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="", help="vehicle model")
+    parser.add_argument("--vin", action="append", help="only these VINs, repeatable")
+    parser.add_argument("--region", action="append", help="any of these regions, repeatable")
+    parser.add_argument("--site", action="append", help="any of these sites, repeatable")
+    parser.add_argument("--tag", action="append", help="every one of these tags, repeatable")
+    parser.add_argument(
+        "--installed", action="append", help="runs one of these images (target names)"
+    )
 
 
 def campaign_summary(campaign: campaign_pb2.Campaign) -> str:
@@ -176,6 +248,8 @@ def campaign_summary(campaign: campaign_pb2.Campaign) -> str:
             (counts.failed, "failed"),
             (counts.in_progress, "in progress"),
             (counts.pending, "pending"),
+            (counts.queued, "queued"),
+            (counts.canceled, "canceled"),
         )
         if n
     ]
@@ -185,55 +259,289 @@ def campaign_summary(campaign: campaign_pb2.Campaign) -> str:
     )
 
 
-def _campaign_table(campaign: campaign_pb2.Campaign) -> str:
-    rows = [campaign_summary(campaign), f"{'VIN':<18} {'STATE':<12} LAST EVENT"]
-    rows += [
-        f"{a.vin:<18} {_ASSIGNMENT_NAMES[a.state]:<12} {a.last_event}" for a in campaign.assignments
+def wave_table(campaign: campaign_pb2.Campaign) -> str:
+    """The per-wave progress: reach, counts, rates and the gate's verdict."""
+    rows = [
+        f"{'WAVE':<5} {'REACH':>6} {'STATUS':<8} {'TOTAL':>6} {'QUEUED':>6} {'OFFLINE':>7} "
+        f"{'ACTIVE':>6} {'OK':>6} {'FAILED':>6} {'OK%':>6} {'FAIL%':>6}  GATE"
     ]
+    for wave in campaign.waves:
+        c = wave.counts
+        rows.append(
+            f"{wave.wave:<5} {wave.reach:>6} {wave.status:<8} {c.total:>6} {c.queued:>6} "
+            f"{c.pending:>7} {c.in_progress:>6} {c.committed:>6} {c.failed + c.rolled_back:>6} "
+            f"{wave.success_percent:>6.1f} {wave.failure_percent:>6.1f}  {wave.gate}"
+        )
     return "\n".join(rows)
 
 
+def _campaign_table(campaign: campaign_pb2.Campaign) -> str:
+    rows = [campaign_summary(campaign)]
+    if campaign.pause_reason:
+        rows.append(f"reason: {campaign.pause_reason}")
+    if len(campaign.waves) > 1:
+        rows.append(wave_table(campaign))
+    if campaign.assignments:
+        rows.append(f"{'VIN':<18} {'WAVE':>4} {'STATE':<12} LAST EVENT")
+        rows += [
+            f"{a.vin:<18} {a.wave:>4} {_ASSIGNMENT_NAMES[a.state]:<12} {a.last_event}"
+            for a in campaign.assignments
+        ]
+    if campaign.assignments_omitted:
+        rows.append(f"... and {campaign.assignments_omitted} more vehicles (use --json --limit)")
+    return "\n".join(rows)
+
+
+def _wave_spec(text: str) -> campaign_pb2.WaveSpec:
+    text = text.strip()
+    try:
+        if text == "all":
+            return campaign_pb2.WaveSpec(percent=100.0)
+        if text.endswith("%"):
+            return campaign_pb2.WaveSpec(percent=float(text[:-1]))
+        return campaign_pb2.WaveSpec(count=int(text))
+    except ValueError:
+        raise CliError(f"wave {text!r}: use a share like 10% or a count like 500") from None
+
+
+def _window(text: str) -> campaign_pb2.MaintenanceWindow:
+    site, _, rest = text.partition("=")
+    zone, _, hours = rest.partition(",")
+    start, _, end = hours.partition("-")
+    if not (site and zone and start and end):
+        raise CliError(f"--window {text!r}: expected SITE=TIMEZONE,HH:MM-HH:MM")
+    return campaign_pb2.MaintenanceWindow(site=site, timezone=zone, start=start, end=end)
+
+
 def campaign_create(args: argparse.Namespace) -> int:
-    """Creates a draft campaign."""
+    """Creates a campaign that awaits approval (or a draft with --draft)."""
+    gate = campaign_pb2.Gate(
+        success_percent=args.success_percent,
+        min_reports=args.min_reports,
+        soak_seconds=args.soak,
+    )
+    if args.max_failure_percent is not None:
+        gate.max_failure_percent = args.max_failure_percent
+    if args.max_failure_count is not None:
+        gate.max_failure_count = args.max_failure_count
     with _channel(args) as channel:
         campaign = campaign_pb2_grpc.CampaignServiceStub(channel).CreateCampaign(
             campaign_pb2.CreateCampaignRequest(
                 name=args.name,
                 bundle_id=args.bundle,
-                selector=campaign_pb2.FleetSelector(vehicle_model=args.model, vins=args.vin or []),
+                selector=_selector(args),
+                waves=[_wave_spec(w) for w in args.waves.split(",")],
+                gate=gate,
+                max_per_minute=args.max_per_minute,
+                maintenance_windows=[_window(w) for w in args.window or []],
+                rollback_on_failure=args.rollback_on_failure,
+                draft=args.draft,
             ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
-    _print(args, campaign, f"created campaign {campaign.campaign_id} ({campaign.name}), draft")
+    _print(
+        args,
+        campaign,
+        f"created campaign {campaign.campaign_id} ({campaign.name}), "
+        f"{_STATE_NAMES[campaign.state]}",
+    )
     return 0
 
 
-def campaign_start(args: argparse.Namespace) -> int:
-    """Starts a draft campaign."""
+def _action(method: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        with _channel(args) as channel:
+            stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+            if method == "StartCampaign":
+                request: Any = campaign_pb2.StartCampaignRequest(campaign_id=args.campaign_id)
+            else:
+                request = campaign_pb2.CampaignAction(
+                    campaign_id=args.campaign_id, reason=args.reason
+                )
+            campaign = getattr(stub, method)(request, timeout=RPC_TIMEOUT_SECONDS)
+        _print(args, campaign, campaign_summary(campaign))
+        return 0
+
+    run.__doc__ = f"Calls {method}."
+    return run
+
+
+def campaign_retry(args: argparse.Namespace) -> int:
+    """Offers the update again to vehicles that failed with the given failure types."""
     with _channel(args) as channel:
-        campaign = campaign_pb2_grpc.CampaignServiceStub(channel).StartCampaign(
-            campaign_pb2.StartCampaignRequest(campaign_id=args.campaign_id),
+        campaign = campaign_pb2_grpc.CampaignServiceStub(channel).RetryCampaign(
+            campaign_pb2.RetryCampaignRequest(
+                campaign_id=args.campaign_id, failure_types=args.failure_type
+            ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
     _print(args, campaign, campaign_summary(campaign))
     return 0
 
 
+def campaign_list(args: argparse.Namespace) -> int:
+    """Lists every campaign, newest first."""
+    with _channel(args) as channel:
+        answer = campaign_pb2_grpc.CampaignServiceStub(channel).ListCampaigns(
+            campaign_pb2.ListCampaignsRequest(), timeout=RPC_TIMEOUT_SECONDS
+        )
+    _print(args, answer, "\n".join(campaign_summary(c) for c in answer.campaigns) or "none")
+    return 0
+
+
 def campaign_status(args: argparse.Namespace) -> int:
-    """Shows a campaign's counts and each vehicle's progress (refreshing with --watch)."""
+    """Shows a campaign; with --watch, live per-wave progress until it ends."""
     with _channel(args) as channel:
         stub = campaign_pb2_grpc.CampaignServiceStub(channel)
-        while True:
+        if not args.watch:
             campaign = stub.GetCampaign(
-                campaign_pb2.GetCampaignRequest(campaign_id=args.campaign_id),
+                campaign_pb2.GetCampaignRequest(
+                    campaign_id=args.campaign_id, assignment_limit=args.limit
+                ),
                 timeout=RPC_TIMEOUT_SECONDS,
             )
             _print(args, campaign, _campaign_table(campaign))
-            if not args.watch or campaign.state == campaign_pb2.CAMPAIGN_STATE_COMPLETED:
-                return 0
-            time.sleep(args.interval)
-            if not args.json:
-                print()
+            return 0
+        for update in stub.WatchCampaign(
+            campaign_pb2.WatchCampaignRequest(campaign_id=args.campaign_id)
+        ):
+            if args.json:
+                print(json.dumps(MessageToDict(update)), flush=True)
+                continue
+            if sys.stdout.isatty():
+                print("\x1b[2J\x1b[H", end="")
+            lines = [campaign_summary(update)]
+            if update.pause_reason:
+                lines.append(f"reason: {update.pause_reason}")
+            lines.append(wave_table(update))
+            print("\n".join(lines) + "\n", flush=True)
+    return 0
+
+
+def fleet_import(args: argparse.Namespace) -> int:
+    """Registers every vehicle of a CSV file (all or none)."""
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path} is not a file")
+
+    def chunks() -> Iterator[fleet_pb2.ImportVehiclesChunk]:
+        with path.open("rb") as handle:
+            while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                yield fleet_pb2.ImportVehiclesChunk(csv=chunk)
+
+    with _channel(args) as channel:
+        answer = fleet_pb2_grpc.FleetServiceStub(channel).ImportVehicles(chunks(), timeout=600.0)
+    _print(args, answer, f"imported {answer.imported} vehicles from {path}")
+    return 0
+
+
+def fleet_list(args: argparse.Namespace) -> int:
+    """Lists the vehicles a selector picks."""
+    with _channel(args) as channel:
+        answer = fleet_pb2_grpc.FleetServiceStub(channel).ListVehicles(
+            fleet_pb2.ListVehiclesRequest(selector=_selector(args), limit=args.limit),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    rows = [f"{'VIN':<18} {'MODEL':<14} {'REGION':<10} {'SITE':<12} {'VARIANT':<24} TAGS"]
+    rows += [
+        f"{v.vin:<18} {v.model:<14} {v.region:<10} {v.site:<12} {v.variant:<24} {' '.join(v.tags)}"
+        for v in answer.vehicles
+    ]
+    rows.append(f"{len(answer.vehicles)} of {answer.total} selected vehicles shown")
+    _print(args, answer, "\n".join(rows))
+    return 0
+
+
+def token_create(args: argparse.Namespace) -> int:
+    """Issues a token (admins only); the secret is printed once."""
+    with _channel(args) as channel:
+        answer = auth_pb2_grpc.AuthServiceStub(channel).CreateToken(
+            auth_pb2.CreateTokenRequest(name=args.name, role=args.role),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    _print(args, answer, answer.token)
+    return 0
+
+
+def whoami(args: argparse.Namespace) -> int:
+    """Shows whom the token belongs to."""
+    with _channel(args) as channel:
+        me = auth_pb2_grpc.AuthServiceStub(channel).WhoAmI(
+            auth_pb2.WhoAmIRequest(), timeout=RPC_TIMEOUT_SECONDS
+        )
+    _print(args, me, f"{me.name} ({me.role})")
+    return 0
+
+
+def audit_list(args: argparse.Namespace) -> int:
+    """Shows the audit log, newest first."""
+    with _channel(args) as channel:
+        answer = auth_pb2_grpc.AuthServiceStub(channel).ListAudit(
+            auth_pb2.ListAuditRequest(target=args.target, limit=args.limit),
+            timeout=RPC_TIMEOUT_SECONDS,
+        )
+    rows = [
+        f"{e.at.ToDatetime():%Y-%m-%d %H:%M:%S} {e.actor:<16} {e.action:<22} {e.target:<8} "
+        f"{e.detail}"
+        for e in answer.entries
+    ]
+    _print(args, answer, "\n".join(rows) or "no entries")
+    return 0
+
+
+def _add_campaign_commands(commands: Any) -> None:
+    campaign = commands.add_parser("campaign", help="campaigns").add_subparsers(
+        dest="action", required=True
+    )
+    create = campaign.add_parser("create", help="create a campaign (it then awaits approval)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--bundle", required=True, help="bundle id, e.g. b1")
+    _add_selector_arguments(create)
+    create.add_argument(
+        "--waves", default="100%", help="cumulative reach of each wave, e.g. 1%%,10%%,50%%,100%%"
+    )
+    create.add_argument("--success-percent", type=float, default=90.0, help="success gate")
+    create.add_argument("--max-failure-percent", type=float, default=10.0, help="failure gate")
+    create.add_argument("--max-failure-count", type=int, help="failure gate as a count")
+    create.add_argument("--min-reports", type=int, default=1, help="reports before judging")
+    create.add_argument("--soak", type=int, default=0, help="seconds between waves")
+    create.add_argument("--max-per-minute", type=int, default=0, help="pacing (0: no limit)")
+    create.add_argument(
+        "--window", action="append", help="maintenance window SITE=TIMEZONE,HH:MM-HH:MM"
+    )
+    create.add_argument(
+        "--rollback-on-failure", action="store_true", help="roll back when the failure gate trips"
+    )
+    create.add_argument("--draft", action="store_true", help="keep as a draft (submit later)")
+    create.set_defaults(func=campaign_create)
+    for name, method, text in (
+        ("submit", "SubmitCampaign", "submit a draft for approval"),
+        ("approve", "ApproveCampaign", "approve a campaign (not your own)"),
+        ("start", "StartCampaign", "start an approved campaign"),
+        ("pause", "PauseCampaign", "pause a running campaign"),
+        ("resume", "ResumeCampaign", "resume a paused campaign"),
+        ("abort", "AbortCampaign", "abort a campaign"),
+        ("rollback", "RollbackCampaign", "abort and roll affected vehicles back"),
+    ):
+        action = campaign.add_parser(name, help=text)
+        action.add_argument("campaign_id")
+        action.add_argument("--reason", default="", help="kept in the audit log")
+        action.set_defaults(func=_action(method))
+    retry = campaign.add_parser("retry", help="retry vehicles that failed with these types")
+    retry.add_argument("campaign_id")
+    retry.add_argument(
+        "--failure-type",
+        action="append",
+        required=True,
+        help="download, verification, install, health, rolled_back, timed_out; repeatable",
+    )
+    retry.set_defaults(func=campaign_retry)
+    campaign.add_parser("list", help="every campaign").set_defaults(func=campaign_list)
+    status = campaign.add_parser("status", help="progress of a campaign")
+    status.add_argument("campaign_id")
+    status.add_argument("--watch", action="store_true", help="live per-wave progress until done")
+    status.add_argument("--limit", type=int, default=1000, help="at most this many vehicles")
+    status.set_defaults(func=campaign_status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--server",
         default=os.environ.get("STAFFEL_SERVER", DEFAULT_SERVER),
         help="server gRPC address HOST:PORT (env STAFFEL_SERVER)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("STAFFEL_TOKEN", ""),
+        help="bearer token (env STAFFEL_TOKEN)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -281,25 +594,34 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument(
         "--out", required=True, help="folder for image-root.json, director-root.json"
     )
+    provision.add_argument("--region", default="")
+    provision.add_argument("--site", default="")
+    provision.add_argument("--tag", action="append", help="repeatable")
     provision.set_defaults(func=fleet_provision)
+    importing = fleet.add_parser("import", help="register vehicles from a CSV file")
+    importing.add_argument("file", help="CSV: vin,model,region,site,tags,ecus")
+    importing.set_defaults(func=fleet_import)
+    listing = fleet.add_parser("list", help="vehicles a selector picks")
+    _add_selector_arguments(listing)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(func=fleet_list)
 
-    campaign = commands.add_parser("campaign", help="campaigns").add_subparsers(
+    token = commands.add_parser("token", help="tokens (admins)").add_subparsers(
         dest="action", required=True
     )
-    create = campaign.add_parser("create", help="create a draft campaign")
-    create.add_argument("--name", required=True)
-    create.add_argument("--bundle", required=True, help="bundle id, e.g. b1")
-    create.add_argument("--model", default="", help="vehicle model (default: the bundle's)")
-    create.add_argument("--vin", action="append", help="restrict to these VINs, repeatable")
-    create.set_defaults(func=campaign_create)
-    start = campaign.add_parser("start", help="start a draft campaign")
-    start.add_argument("campaign_id")
-    start.set_defaults(func=campaign_start)
-    status = campaign.add_parser("status", help="progress of a campaign")
-    status.add_argument("campaign_id")
-    status.add_argument("--watch", action="store_true", help="refresh until completed")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    status.set_defaults(func=campaign_status)
+    create_token = token.add_parser("create", help="issue a token; printed once")
+    create_token.add_argument("--name", required=True)
+    create_token.add_argument(
+        "--role", required=True, choices=("viewer", "release_manager", "approver", "admin")
+    )
+    create_token.set_defaults(func=token_create)
+    commands.add_parser("whoami", help="whose token this is").set_defaults(func=whoami)
+    audit = commands.add_parser("audit", help="the audit log, newest first")
+    audit.add_argument("--target", default="", help="e.g. c1")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.set_defaults(func=audit_list)
+
+    _add_campaign_commands(commands)
     return parser
 
 

@@ -8,13 +8,21 @@ from sqlmodel import Field, SQLModel
 
 
 class Vehicle(SQLModel, table=True):
-    """A vehicle known to the fleet, registered at provisioning."""
+    """A vehicle known to the fleet, registered at provisioning or by a bulk import."""
 
     __tablename__ = "fleet_vehicle"
 
     vin: str = Field(primary_key=True, max_length=17)
     model: str = Field(index=True, max_length=64)
+    region: str = Field(default="", index=True, max_length=64)
+    site: str = Field(default="", index=True, max_length=64)
+    # Tags in the form ",a,b," so that one tag matches with LIKE '%,a,%'.
+    tags: str = Field(default=",", max_length=1100)
+    # The ECUs' hardware ids, sorted and joined by "+": campaigns stratify waves by it.
+    variant: str = Field(default="", max_length=1100)
     registered_at: datetime
+    # Last change of anything a selector looks at; late joiners are found by it.
+    changed_at: datetime = Field(index=True)
     last_seen: datetime | None = None
 
 
@@ -27,4 +35,4 @@ class Ecu(SQLModel, table=True):
     vin: str = Field(foreign_key="fleet_vehicle.vin", index=True, max_length=17)
     hardware_id: str = Field(max_length=64)
     primary: bool = False
-    installed_sha256: str = Field(default="", max_length=64)
+    installed_sha256: str = Field(default="", index=True, max_length=64)

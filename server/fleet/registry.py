@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from server.clock import system_clock
 from server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from server.fleet.models import Ecu, Vehicle
+from server.fleet.selectors import FleetSelector, tags_column_value, tags_from_column
 from server.store import Database
 from server.validation import check_name, check_sha256, check_vin
 
 MAX_ECUS_PER_VEHICLE = 64
+MAX_TAGS_PER_VEHICLE = 32
+MAX_LIST_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -34,9 +40,19 @@ class VehicleRecord:
     model: str
     ecus: tuple[EcuSpec, ...]
     last_seen: datetime | None
+    region: str = ""
+    site: str = ""
+    tags: tuple[str, ...] = ()
+    variant: str = ""
 
 
-def _check_ecus(ecus: Sequence[EcuSpec]) -> None:
+def variant_of(ecus: Sequence[EcuSpec]) -> str:
+    """A vehicle's hardware variant: its ECUs' hardware ids, sorted, joined by ``+``."""
+    return "+".join(sorted(ecu.hardware_id for ecu in ecus))
+
+
+def check_ecus(ecus: Sequence[EcuSpec]) -> None:
+    """Raises InvalidArgumentError unless the ECUs make a valid vehicle."""
     if not ecus:
         raise InvalidArgumentError("a vehicle needs at least one ECU")
     if len(ecus) > MAX_ECUS_PER_VEHICLE:
@@ -52,18 +68,39 @@ def _check_ecus(ecus: Sequence[EcuSpec]) -> None:
         check_sha256(ecu.installed_sha256, "installed image hash")
 
 
+def check_placement(region: str, site: str, tags: Sequence[str]) -> None:
+    """Raises InvalidArgumentError unless region, site and tags are valid names."""
+    if region:
+        check_name(region, "region")
+    if site:
+        check_name(site, "site")
+    if len(tags) > MAX_TAGS_PER_VEHICLE:
+        raise InvalidArgumentError(f"a vehicle has at most {MAX_TAGS_PER_VEHICLE} tags")
+    for tag in tags:
+        check_name(tag, "tag")
+
+
 def provision_vehicle(
-    database: Database, *, vin: str, model: str, ecus: Sequence[EcuSpec]
+    database: Database,
+    *,
+    vin: str,
+    model: str,
+    ecus: Sequence[EcuSpec],
+    region: str = "",
+    site: str = "",
+    tags: Sequence[str] = (),
 ) -> VehicleRecord:
     """Registers a new vehicle with its ECUs.
 
     Raises:
-        InvalidArgumentError: the VIN, model or ECUs are malformed.
+        InvalidArgumentError: the VIN, model, placement or ECUs are malformed.
         AlreadyExistsError: the VIN or an ECU serial is registered already.
     """
     check_vin(vin)
     check_name(model, "vehicle model")
-    _check_ecus(ecus)
+    check_placement(region, site, tags)
+    check_ecus(ecus)
+    now = system_clock()
     with database.session() as session:
         if session.get(Vehicle, vin) is not None:
             raise AlreadyExistsError(f"vehicle {vin} is registered already")
@@ -74,7 +111,18 @@ def provision_vehicle(
             raise AlreadyExistsError(
                 f"ECU serial(s) registered to another vehicle: {', '.join(taken)}"
             )
-        session.add(Vehicle(vin=vin, model=model, registered_at=datetime.now(UTC)))
+        session.add(
+            Vehicle(
+                vin=vin,
+                model=model,
+                region=region,
+                site=site,
+                tags=tags_column_value(list(tags)),
+                variant=variant_of(ecus),
+                registered_at=now,
+                changed_at=now,
+            )
+        )
         session.flush()
         for ecu in ecus:
             session.add(
@@ -86,7 +134,16 @@ def provision_vehicle(
                     installed_sha256=ecu.installed_sha256,
                 )
             )
-    return VehicleRecord(vin=vin, model=model, ecus=tuple(ecus), last_seen=None)
+    return VehicleRecord(
+        vin=vin,
+        model=model,
+        ecus=tuple(ecus),
+        last_seen=None,
+        region=region,
+        site=site,
+        tags=tuple(sorted(set(tags))),
+        variant=variant_of(ecus),
+    )
 
 
 def load_vehicle(session: Session, vin: str) -> tuple[Vehicle, list[Ecu]]:
@@ -102,16 +159,43 @@ def load_vehicle(session: Session, vin: str) -> tuple[Vehicle, list[Ecu]]:
     return vehicle, ecus
 
 
+def _record(vehicle: Vehicle, ecus: Sequence[Ecu]) -> VehicleRecord:
+    return VehicleRecord(
+        vin=vehicle.vin,
+        model=vehicle.model,
+        ecus=tuple(EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in ecus),
+        last_seen=vehicle.last_seen,
+        region=vehicle.region,
+        site=vehicle.site,
+        tags=tags_from_column(vehicle.tags),
+        variant=vehicle.variant,
+    )
+
+
 def get_vehicle(database: Database, vin: str) -> VehicleRecord:
     """The vehicle with this VIN and its ECUs."""
     check_vin(vin)
     with database.session() as session:
         vehicle, ecus = load_vehicle(session, vin)
-        return VehicleRecord(
-            vin=vehicle.vin,
-            model=vehicle.model,
-            ecus=tuple(
-                EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in ecus
-            ),
-            last_seen=vehicle.last_seen,
-        )
+        return _record(vehicle, ecus)
+
+
+def list_vehicles(
+    database: Database, selector: FleetSelector, *, limit: int = 100
+) -> tuple[list[VehicleRecord], int]:
+    """The first ``limit`` selected vehicles by VIN, and how many the selector picks."""
+    selector.validate()
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidArgumentError(f"limit must be 1 to {MAX_LIST_LIMIT}")
+    where = selector.conditions()
+    with database.session() as session:
+        total = session.exec(select(func.count()).select_from(Vehicle).where(*where)).one()
+        vehicles = session.exec(
+            select(Vehicle).where(*where).order_by(col(Vehicle.vin)).limit(limit)
+        ).all()
+        ecus: dict[str, list[Ecu]] = defaultdict(list)
+        for ecu in session.exec(
+            select(Ecu).where(col(Ecu.vin).in_([v.vin for v in vehicles])).order_by(col(Ecu.serial))
+        ).all():
+            ecus[ecu.vin].append(ecu)
+        return [_record(v, ecus[v.vin]) for v in vehicles], int(total)

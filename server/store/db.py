@@ -19,6 +19,9 @@ _MODEL_MODULES = (
     "server.releases.models",
     "server.fleet.models",
     "server.campaigns.models",
+    "server.auth.models",
+    # Installs the triggers that keep the audit log append-only.
+    "server.auth.audit",
 )
 
 

@@ -28,6 +28,7 @@ def installation(tmp_path: Path, database_url: str) -> Iterator[Installation]:
     image_path.write_bytes(image)
     with Sandbox(tmp_path / "sandbox", database_url=database_url) as sandbox:
         server = sandbox.start_server()
+        sandbox.make_people(server)
         relay = sandbox.start_relay(server)
         sandbox.staffel(
             server, "image", "upload", str(image_path), "--name", IMAGE_NAME,

@@ -25,31 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19staffel/v1/campaign.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\rFleetSelector\x12\x15\n\rvehicle_model\x18\x01 \x01(\t\x12\x0c\n\x04vins\x18\x02 \x03(\t\"e\n\x15\x43reateCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12+\n\x08selector\x18\x03 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\"+\n\x14StartCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"}\n\x0e\x43\x61mpaignCounts\x12\r\n\x05total\x18\x01 \x01(\r\x12\x0f\n\x07pending\x18\x02 \x01(\r\x12\x13\n\x0bin_progress\x18\x03 \x01(\r\x12\x11\n\tcommitted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x13\n\x0brolled_back\x18\x06 \x01(\r\"\xa6\x01\n\x10\x41ssignmentStatus\x12\x15\n\rassignment_id\x18\x01 \x01(\t\x12\x0b\n\x03vin\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.staffel.v1.AssignmentState\x12\x12\n\nlast_event\x18\x04 \x01(\t\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x02\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12+\n\x08selector\x18\x04 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.staffel.v1.CampaignState\x12*\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1a.staffel.v1.CampaignCounts\x12\x31\n\x0b\x61ssignments\x18\x07 \x03(\x0b\x32\x1c.staffel.v1.AssignmentStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x83\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x03*\xd2\x01\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_STATE_PENDING\x10\x01\x12 \n\x1c\x41SSIGNMENT_STATE_IN_PROGRESS\x10\x02\x12\x1e\n\x1a\x41SSIGNMENT_STATE_COMMITTED\x10\x03\x12\x1b\n\x17\x41SSIGNMENT_STATE_FAILED\x10\x04\x12 \n\x1c\x41SSIGNMENT_STATE_ROLLED_BACK\x10\x05\x32\xea\x01\n\x0f\x43\x61mpaignService\x12I\n\x0e\x43reateCampaign\x12!.staffel.v1.CreateCampaignRequest\x1a\x14.staffel.v1.Campaign\x12G\n\rStartCampaign\x12 .staffel.v1.StartCampaignRequest\x1a\x14.staffel.v1.Campaign\x12\x43\n\x0bGetCampaign\x12\x1e.staffel.v1.GetCampaignRequest\x1a\x14.staffel.v1.Campaignb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19staffel/v1/campaign.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\rFleetSelector\x12\x15\n\rvehicle_model\x18\x01 \x01(\t\x12\x0c\n\x04vins\x18\x02 \x03(\t\x12\x0f\n\x07regions\x18\x03 \x03(\t\x12\r\n\x05sites\x18\x04 \x03(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x18\n\x10installed_images\x18\x06 \x03(\t\"7\n\x08WaveSpec\x12\x11\n\x07percent\x18\x01 \x01(\x01H\x00\x12\x0f\n\x05\x63ount\x18\x02 \x01(\rH\x00\x42\x07\n\x05reach\"\xba\x01\n\x04Gate\x12\x17\n\x0fsuccess_percent\x18\x01 \x01(\x01\x12 \n\x13max_failure_percent\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11max_failure_count\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x13\n\x0bmin_reports\x18\x04 \x01(\r\x12\x14\n\x0csoak_seconds\x18\x05 \x01(\rB\x16\n\x14_max_failure_percentB\x14\n\x12_max_failure_count\"O\n\x11MaintenanceWindow\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\"\xaa\x02\n\x15\x43reateCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12+\n\x08selector\x18\x03 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\x12#\n\x05waves\x18\x04 \x03(\x0b\x32\x14.staffel.v1.WaveSpec\x12\x1e\n\x04gate\x18\x05 \x01(\x0b\x32\x10.staffel.v1.Gate\x12\x16\n\x0emax_per_minute\x18\x06 \x01(\r\x12:\n\x13maintenance_windows\x18\x07 \x03(\x0b\x32\x1d.staffel.v1.MaintenanceWindow\x12\x1b\n\x13rollback_on_failure\x18\x08 \x01(\x08\x12\r\n\x05\x64raft\x18\t \x01(\x08\"+\n\x14StartCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"C\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x18\n\x10\x61ssignment_limit\x18\x02 \x01(\r\"\x16\n\x14ListCampaignsRequest\"@\n\x15ListCampaignsResponse\x12\'\n\tcampaigns\x18\x01 \x03(\x0b\x32\x14.staffel.v1.Campaign\"5\n\x0e\x43\x61mpaignAction\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"B\n\x14RetryCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x15\n\rfailure_types\x18\x02 \x03(\t\"+\n\x14WatchCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"\x9f\x01\n\x0e\x43\x61mpaignCounts\x12\r\n\x05total\x18\x01 \x01(\r\x12\x0f\n\x07pending\x18\x02 \x01(\r\x12\x13\n\x0bin_progress\x18\x03 \x01(\r\x12\x11\n\tcommitted\x18\x04 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\r\x12\x13\n\x0brolled_back\x18\x06 \x01(\r\x12\x0e\n\x06queued\x18\x07 \x01(\r\x12\x10\n\x08\x63\x61nceled\x18\x08 \x01(\r\"\xdb\x01\n\x10\x41ssignmentStatus\x12\x15\n\rassignment_id\x18\x01 \x01(\t\x12\x0b\n\x03vin\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.staffel.v1.AssignmentState\x12\x12\n\nlast_event\x18\x04 \x01(\t\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04wave\x18\x06 \x01(\r\x12\x14\n\x0c\x66\x61ilure_type\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\"\xd6\x01\n\x0cWaveProgress\x12\x0c\n\x04wave\x18\x01 \x01(\r\x12\r\n\x05reach\x18\x02 \x01(\t\x12*\n\x06\x63ounts\x18\x03 \x01(\x0b\x32\x1a.staffel.v1.CampaignCounts\x12\x0e\n\x06status\x18\x04 \x01(\t\x12-\n\topened_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsuccess_percent\x18\x06 \x01(\x01\x12\x17\n\x0f\x66\x61ilure_percent\x18\x07 \x01(\x01\x12\x0c\n\x04gate\x18\x08 \x01(\t\"\xd3\x05\n\x08\x43\x61mpaign\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12+\n\x08selector\x18\x04 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.staffel.v1.CampaignState\x12*\n\x06\x63ounts\x18\x06 \x01(\x0b\x32\x1a.staffel.v1.CampaignCounts\x12\x31\n\x0b\x61ssignments\x18\x07 \x03(\x0b\x32\x1c.staffel.v1.AssignmentStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\t \x01(\t\x12\x13\n\x0brollback_of\x18\n \x01(\t\x12\x14\n\x0c\x63urrent_wave\x18\x0b \x01(\r\x12\'\n\x05waves\x18\x0c \x03(\x0b\x32\x18.staffel.v1.WaveProgress\x12\x0e\n\x06\x61uthor\x18\r \x01(\t\x12\x13\n\x0b\x61pproved_by\x18\x0e \x01(\t\x12\x14\n\x0cpause_reason\x18\x0f \x01(\t\x12\x1e\n\x04gate\x18\x10 \x01(\x0b\x32\x10.staffel.v1.Gate\x12\x16\n\x0emax_per_minute\x18\x11 \x01(\r\x12:\n\x13maintenance_windows\x18\x12 \x03(\x0b\x32\x1d.staffel.v1.MaintenanceWindow\x12\x1b\n\x13rollback_on_failure\x18\x13 \x01(\x08\x12\x1b\n\x13\x61ssignments_omitted\x18\x14 \x01(\r\x12.\n\nstarted_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xfd\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x03\x12$\n CAMPAIGN_STATE_AWAITING_APPROVAL\x10\x04\x12\x1b\n\x17\x43\x41MPAIGN_STATE_APPROVED\x10\x05\x12\x19\n\x15\x43\x41MPAIGN_STATE_PAUSED\x10\x06\x12\x1a\n\x16\x43\x41MPAIGN_STATE_ABORTED\x10\x07*\x8e\x02\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_STATE_PENDING\x10\x01\x12 \n\x1c\x41SSIGNMENT_STATE_IN_PROGRESS\x10\x02\x12\x1e\n\x1a\x41SSIGNMENT_STATE_COMMITTED\x10\x03\x12\x1b\n\x17\x41SSIGNMENT_STATE_FAILED\x10\x04\x12 \n\x1c\x41SSIGNMENT_STATE_ROLLED_BACK\x10\x05\x12\x1b\n\x17\x41SSIGNMENT_STATE_QUEUED\x10\x06\x12\x1d\n\x19\x41SSIGNMENT_STATE_CANCELED\x10\x07\x32\xed\x06\n\x0f\x43\x61mpaignService\x12I\n\x0e\x43reateCampaign\x12!.staffel.v1.CreateCampaignRequest\x1a\x14.staffel.v1.Campaign\x12G\n\rStartCampaign\x12 .staffel.v1.StartCampaignRequest\x1a\x14.staffel.v1.Campaign\x12\x43\n\x0bGetCampaign\x12\x1e.staffel.v1.GetCampaignRequest\x1a\x14.staffel.v1.Campaign\x12T\n\rListCampaigns\x12 .staffel.v1.ListCampaignsRequest\x1a!.staffel.v1.ListCampaignsResponse\x12\x42\n\x0eSubmitCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12\x43\n\x0f\x41pproveCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12\x41\n\rPauseCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12\x42\n\x0eResumeCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12\x41\n\rAbortCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12\x44\n\x10RollbackCampaign\x12\x1a.staffel.v1.CampaignAction\x1a\x14.staffel.v1.Campaign\x12G\n\rRetryCampaign\x12 .staffel.v1.RetryCampaignRequest\x1a\x14.staffel.v1.Campaign\x12I\n\rWatchCampaign\x12 .staffel.v1.WatchCampaignRequest\x1a\x14.staffel.v1.Campaign0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'staffel.v1.campaign_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMPAIGNSTATE']._serialized_start=913
-  _globals['_CAMPAIGNSTATE']._serialized_end=1044
-  _globals['_ASSIGNMENTSTATE']._serialized_start=1047
-  _globals['_ASSIGNMENTSTATE']._serialized_end=1257
+  _globals['_CAMPAIGNSTATE']._serialized_start=2528
+  _globals['_CAMPAIGNSTATE']._serialized_end=2781
+  _globals['_ASSIGNMENTSTATE']._serialized_start=2784
+  _globals['_ASSIGNMENTSTATE']._serialized_end=3054
   _globals['_FLEETSELECTOR']._serialized_start=74
-  _globals['_FLEETSELECTOR']._serialized_end=126
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=128
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=229
-  _globals['_STARTCAMPAIGNREQUEST']._serialized_start=231
-  _globals['_STARTCAMPAIGNREQUEST']._serialized_end=274
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=276
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=317
-  _globals['_CAMPAIGNCOUNTS']._serialized_start=319
-  _globals['_CAMPAIGNCOUNTS']._serialized_end=444
-  _globals['_ASSIGNMENTSTATUS']._serialized_start=447
-  _globals['_ASSIGNMENTSTATUS']._serialized_end=613
-  _globals['_CAMPAIGN']._serialized_start=616
-  _globals['_CAMPAIGN']._serialized_end=910
-  _globals['_CAMPAIGNSERVICE']._serialized_start=1260
-  _globals['_CAMPAIGNSERVICE']._serialized_end=1494
+  _globals['_FLEETSELECTOR']._serialized_end=198
+  _globals['_WAVESPEC']._serialized_start=200
+  _globals['_WAVESPEC']._serialized_end=255
+  _globals['_GATE']._serialized_start=258
+  _globals['_GATE']._serialized_end=444
+  _globals['_MAINTENANCEWINDOW']._serialized_start=446
+  _globals['_MAINTENANCEWINDOW']._serialized_end=525
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=528
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=826
+  _globals['_STARTCAMPAIGNREQUEST']._serialized_start=828
+  _globals['_STARTCAMPAIGNREQUEST']._serialized_end=871
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=873
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=940
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=942
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=964
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=966
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1030
+  _globals['_CAMPAIGNACTION']._serialized_start=1032
+  _globals['_CAMPAIGNACTION']._serialized_end=1085
+  _globals['_RETRYCAMPAIGNREQUEST']._serialized_start=1087
+  _globals['_RETRYCAMPAIGNREQUEST']._serialized_end=1153
+  _globals['_WATCHCAMPAIGNREQUEST']._serialized_start=1155
+  _globals['_WATCHCAMPAIGNREQUEST']._serialized_end=1198
+  _globals['_CAMPAIGNCOUNTS']._serialized_start=1201
+  _globals['_CAMPAIGNCOUNTS']._serialized_end=1360
+  _globals['_ASSIGNMENTSTATUS']._serialized_start=1363
+  _globals['_ASSIGNMENTSTATUS']._serialized_end=1582
+  _globals['_WAVEPROGRESS']._serialized_start=1585
+  _globals['_WAVEPROGRESS']._serialized_end=1799
+  _globals['_CAMPAIGN']._serialized_start=1802
+  _globals['_CAMPAIGN']._serialized_end=2525
+  _globals['_CAMPAIGNSERVICE']._serialized_start=3057
+  _globals['_CAMPAIGNSERVICE']._serialized_end=3934
 # @@protoc_insertion_point(module_scope)

@@ -49,25 +49,135 @@ class CampaignServiceStub:
                 request_serializer=staffel_dot_v1_dot_campaign__pb2.GetCampaignRequest.SerializeToString,
                 response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
                 _registered_method=True)
+        self.ListCampaigns = channel.unary_unary(
+                '/staffel.v1.CampaignService/ListCampaigns',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.ListCampaignsRequest.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.SubmitCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/SubmitCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ApproveCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/ApproveCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.PauseCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/PauseCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ResumeCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/ResumeCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.AbortCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/AbortCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.RollbackCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/RollbackCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.RetryCampaign = channel.unary_unary(
+                '/staffel.v1.CampaignService/RetryCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.RetryCampaignRequest.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.WatchCampaign = channel.unary_stream(
+                '/staffel.v1.CampaignService/WatchCampaign',
+                request_serializer=staffel_dot_v1_dot_campaign__pb2.WatchCampaignRequest.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateCampaign(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates a campaign; it awaits approval unless `draft` is set.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartCampaign(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Starts an approved campaign: plans its waves and opens wave 1.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCampaign(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaigns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCampaign(self, request, context):
+        """draft -> awaiting approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveCampaign(self, request, context):
+        """awaiting approval -> approved; the approver must not be the author.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeCampaign(self, request, context):
+        """paused -> running; the failure gates count only reports from now on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortCampaign(self, request, context):
+        """Ends the campaign; assignments without an outcome are canceled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackCampaign(self, request, context):
+        """Aborts the campaign and starts a rollback campaign that assigns each affected vehicle
+        its previous images; returns the rollback campaign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryCampaign(self, request, context):
+        """Offers the update again to vehicles that failed with one of the given failure types.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCampaign(self, request, context):
+        """Live progress: the campaign (without per-vehicle rows) each time it changes,
+        until it is completed or aborted.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -88,6 +198,51 @@ def add_CampaignServiceServicer_to_server(servicer, server):
             'GetCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCampaign,
                     request_deserializer=staffel_dot_v1_dot_campaign__pb2.GetCampaignRequest.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'ListCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaigns,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.ListCampaignsRequest.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'SubmitCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'ApproveCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'PauseCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'ResumeCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'AbortCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'RollbackCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.CampaignAction.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'RetryCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.RetryCampaignRequest.FromString,
+                    response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
+            ),
+            'WatchCampaign': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCampaign,
+                    request_deserializer=staffel_dot_v1_dot_campaign__pb2.WatchCampaignRequest.FromString,
                     response_serializer=staffel_dot_v1_dot_campaign__pb2.Campaign.SerializeToString,
             ),
     }
@@ -171,6 +326,249 @@ class CampaignService:
             target,
             '/staffel.v1.CampaignService/GetCampaign',
             staffel_dot_v1_dot_campaign__pb2.GetCampaignRequest.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/ListCampaigns',
+            staffel_dot_v1_dot_campaign__pb2.ListCampaignsRequest.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/SubmitCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/ApproveCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/PauseCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/ResumeCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/AbortCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/RollbackCampaign',
+            staffel_dot_v1_dot_campaign__pb2.CampaignAction.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.CampaignService/RetryCampaign',
+            staffel_dot_v1_dot_campaign__pb2.RetryCampaignRequest.SerializeToString,
+            staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/staffel.v1.CampaignService/WatchCampaign',
+            staffel_dot_v1_dot_campaign__pb2.WatchCampaignRequest.SerializeToString,
             staffel_dot_v1_dot_campaign__pb2.Campaign.FromString,
             options,
             channel_credentials,

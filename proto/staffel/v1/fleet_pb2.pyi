@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from staffel.v1 import campaign_pb2 as _campaign_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -55,12 +56,22 @@ class Vehicle(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     ECUS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     vin: _builtins.str
     model: _builtins.str
+    region: _builtins.str
+    site: _builtins.str
+    variant: _builtins.str
+    """The vehicle's hardware variant: its ECUs' hardware ids, sorted, joined by "+"."""
     @_builtins.property
     def ecus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ecu]: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -68,10 +79,14 @@ class Vehicle(_message.Message):
         model: _builtins.str = ...,
         ecus: _abc.Iterable[Global___Ecu] | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str = ...,
+        site: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "last_seen", b"last_seen", "model", b"model", "vin", b"vin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "last_seen", b"last_seen", "model", b"model", "region", b"region", "site", b"site", "tags", b"tags", "variant", b"variant", "vin", b"vin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -84,20 +99,30 @@ class ProvisionVehicleRequest(_message.Message):
     VIN_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     ECUS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     vin: _builtins.str
     model: _builtins.str
+    region: _builtins.str
+    site: _builtins.str
     @_builtins.property
     def ecus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ecu]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         vin: _builtins.str = ...,
         model: _builtins.str = ...,
         ecus: _abc.Iterable[Global___Ecu] | None = ...,
+        region: _builtins.str = ...,
+        site: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "model", b"model", "vin", b"vin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "model", b"model", "region", b"region", "site", b"site", "tags", b"tags", "vin", b"vin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -148,3 +173,90 @@ class GetVehicleRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVehicleRequest: _TypeAlias = GetVehicleRequest  # noqa: Y015
+
+@_typing.final
+class ImportVehiclesChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSV_FIELD_NUMBER: _builtins.int
+    csv: _builtins.bytes
+    """The next bytes of the CSV file."""
+    def __init__(
+        self,
+        *,
+        csv: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportVehiclesChunk: _TypeAlias = ImportVehiclesChunk  # noqa: Y015
+
+@_typing.final
+class ImportVehiclesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORTED_FIELD_NUMBER: _builtins.int
+    imported: _builtins.int
+    def __init__(
+        self,
+        *,
+        imported: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["imported", b"imported"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportVehiclesResponse: _TypeAlias = ImportVehiclesResponse  # noqa: Y015
+
+@_typing.final
+class ListVehiclesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many vehicles, by VIN (default 100, at most 10000)."""
+    @_builtins.property
+    def selector(self) -> _campaign_pb2.FleetSelector: ...
+    def __init__(
+        self,
+        *,
+        selector: _campaign_pb2.FleetSelector | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVehiclesRequest: _TypeAlias = ListVehiclesRequest  # noqa: Y015
+
+@_typing.final
+class ListVehiclesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VEHICLES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """How many vehicles the selector picks in all."""
+    @_builtins.property
+    def vehicles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vehicle]: ...
+    def __init__(
+        self,
+        *,
+        vehicles: _abc.Iterable[Global___Vehicle] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total", b"total", "vehicles", b"vehicles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVehiclesResponse: _TypeAlias = ListVehiclesResponse  # noqa: Y015

@@ -44,6 +44,16 @@ class FleetServiceStub:
                 request_serializer=staffel_dot_v1_dot_fleet__pb2.GetVehicleRequest.SerializeToString,
                 response_deserializer=staffel_dot_v1_dot_fleet__pb2.Vehicle.FromString,
                 _registered_method=True)
+        self.ImportVehicles = channel.stream_unary(
+                '/staffel.v1.FleetService/ImportVehicles',
+                request_serializer=staffel_dot_v1_dot_fleet__pb2.ImportVehiclesChunk.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_fleet__pb2.ImportVehiclesResponse.FromString,
+                _registered_method=True)
+        self.ListVehicles = channel.unary_unary(
+                '/staffel.v1.FleetService/ListVehicles',
+                request_serializer=staffel_dot_v1_dot_fleet__pb2.ListVehiclesRequest.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_fleet__pb2.ListVehiclesResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -62,6 +72,22 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportVehicles(self, request_iterator, context):
+        """Registers many vehicles from CSV, all or none (header:
+        vin,model,region,site,tags,ecus; tags separated by spaces; ecus as
+        SERIAL:HARDWARE_ID[:primary] separated by ";").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVehicles(self, request, context):
+        """The vehicles a selector picks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +100,16 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.GetVehicle,
                     request_deserializer=staffel_dot_v1_dot_fleet__pb2.GetVehicleRequest.FromString,
                     response_serializer=staffel_dot_v1_dot_fleet__pb2.Vehicle.SerializeToString,
+            ),
+            'ImportVehicles': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportVehicles,
+                    request_deserializer=staffel_dot_v1_dot_fleet__pb2.ImportVehiclesChunk.FromString,
+                    response_serializer=staffel_dot_v1_dot_fleet__pb2.ImportVehiclesResponse.SerializeToString,
+            ),
+            'ListVehicles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVehicles,
+                    request_deserializer=staffel_dot_v1_dot_fleet__pb2.ListVehiclesRequest.FromString,
+                    response_serializer=staffel_dot_v1_dot_fleet__pb2.ListVehiclesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +166,60 @@ class FleetService:
             '/staffel.v1.FleetService/GetVehicle',
             staffel_dot_v1_dot_fleet__pb2.GetVehicleRequest.SerializeToString,
             staffel_dot_v1_dot_fleet__pb2.Vehicle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVehicles(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/staffel.v1.FleetService/ImportVehicles',
+            staffel_dot_v1_dot_fleet__pb2.ImportVehiclesChunk.SerializeToString,
+            staffel_dot_v1_dot_fleet__pb2.ImportVehiclesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVehicles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.FleetService/ListVehicles',
+            staffel_dot_v1_dot_fleet__pb2.ListVehiclesRequest.SerializeToString,
+            staffel_dot_v1_dot_fleet__pb2.ListVehiclesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,13 @@ class FleetServiceStub:
     ProvisionVehicle: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ProvisionVehicleRequest, _fleet_pb2.ProvisionVehicleResponse]
     """Registers a vehicle and returns what it must pin at provisioning."""
     GetVehicle: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetVehicleRequest, _fleet_pb2.Vehicle]
+    ImportVehicles: _grpc.StreamUnaryMultiCallable[_fleet_pb2.ImportVehiclesChunk, _fleet_pb2.ImportVehiclesResponse]
+    """Registers many vehicles from CSV, all or none (header:
+    vin,model,region,site,tags,ecus; tags separated by spaces; ecus as
+    SERIAL:HARDWARE_ID[:primary] separated by ";").
+    """
+    ListVehicles: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListVehiclesRequest, _fleet_pb2.ListVehiclesResponse]
+    """The vehicles a selector picks."""
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -41,6 +48,13 @@ class FleetServiceAsyncStub(FleetServiceStub):
     ProvisionVehicle: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ProvisionVehicleRequest, _fleet_pb2.ProvisionVehicleResponse]  # type: ignore[assignment]
     """Registers a vehicle and returns what it must pin at provisioning."""
     GetVehicle: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetVehicleRequest, _fleet_pb2.Vehicle]  # type: ignore[assignment]
+    ImportVehicles: _aio.StreamUnaryMultiCallable[_fleet_pb2.ImportVehiclesChunk, _fleet_pb2.ImportVehiclesResponse]  # type: ignore[assignment]
+    """Registers many vehicles from CSV, all or none (header:
+    vin,model,region,site,tags,ecus; tags separated by spaces; ecus as
+    SERIAL:HARDWARE_ID[:primary] separated by ";").
+    """
+    ListVehicles: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListVehiclesRequest, _fleet_pb2.ListVehiclesResponse]  # type: ignore[assignment]
+    """The vehicles a selector picks."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -57,5 +71,24 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.GetVehicleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.Vehicle, _abc.Awaitable[_fleet_pb2.Vehicle]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportVehicles(
+        self,
+        request_iterator: _MaybeAsyncIterator[_fleet_pb2.ImportVehiclesChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ImportVehiclesResponse, _abc.Awaitable[_fleet_pb2.ImportVehiclesResponse]]:
+        """Registers many vehicles from CSV, all or none (header:
+        vin,model,region,site,tags,ecus; tags separated by spaces; ecus as
+        SERIAL:HARDWARE_ID[:primary] separated by ";").
+        """
+
+    @_abc_1.abstractmethod
+    def ListVehicles(
+        self,
+        request: _fleet_pb2.ListVehiclesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ListVehiclesResponse, _abc.Awaitable[_fleet_pb2.ListVehiclesResponse]]:
+        """The vehicles a selector picks."""
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

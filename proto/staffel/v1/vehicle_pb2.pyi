@@ -175,19 +175,32 @@ class UpdateOffer(_message.Message):
 
     ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
     DIRECTOR_FIELD_NUMBER: _builtins.int
+    INSTALL_NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    INSTALL_NOT_AFTER_FIELD_NUMBER: _builtins.int
     assignment_id: _builtins.str
     """Names the assignment that the vehicle's events belong to."""
     @_builtins.property
     def director(self) -> Global___DirectorMetadata: ...
+    @_builtins.property
+    def install_not_before(self) -> _timestamp_pb2.Timestamp:
+        """The site's maintenance window (set only when the campaign has one for the vehicle's
+        site): download any time, install only between these two moments. An install the
+        vehicle reports outside them fails the assignment (failure type install).
+        """
+
+    @_builtins.property
+    def install_not_after(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         assignment_id: _builtins.str = ...,
         director: Global___DirectorMetadata | None = ...,
+        install_not_before: _timestamp_pb2.Timestamp | None = ...,
+        install_not_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["director", b"director"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["director", b"director", "install_not_after", b"install_not_after", "install_not_before", b"install_not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_id", b"assignment_id", "director", b"director"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_id", b"assignment_id", "director", b"director", "install_not_after", b"install_not_after", "install_not_before", b"install_not_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
