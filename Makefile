@@ -8,7 +8,7 @@ LINTED := server client keys
 PROTOC = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto \
 	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
 
-.PHONY: venv proto proto-check lint test pytest demo bench bench-full clean
+.PHONY: venv tools proto proto-check lint test pytest demo bench bench-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed (set PYTHON=...)"; exit 1; }
@@ -35,7 +35,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(LINTED)
 
-pytest: $(STAMP)
+## kubectl renders deploy/'s Kustomize overlays in the tests; Debian ships it as kubernetes-client.
+tools:
+	@command -v kubectl >/dev/null || { \
+	  echo "kubectl missing: installing Debian's kubernetes-client"; \
+	  apt-get update -q && apt-get install -y -q kubernetes-client; } || \
+	  { echo "cannot install kubectl: run 'apt-get install kubernetes-client' as root"; exit 1; }
+
+pytest: $(STAMP) tools
 	$(BIN)/python -m pytest
 
 test: lint proto-check pytest
