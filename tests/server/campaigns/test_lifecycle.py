@@ -271,7 +271,10 @@ def test_failure_gate_rolls_back_when_the_campaign_says_so(env: Env) -> None:
     record_events(env.database, vins[0], success(offers[vins[0]]), clock=env.clock)
     record_events(
         env.database, vins[1],
-        [event(offers[vins[1]], EventKind.HEALTH_FAILED), event(offers[vins[1]], EventKind.ROLLED_BACK)],
+        [
+            event(offers[vins[1]], EventKind.HEALTH_FAILED),
+            event(offers[vins[1]], EventKind.ROLLED_BACK),
+        ],
         clock=env.clock,
     )  # fmt: skip
     env.engine.step()
