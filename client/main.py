@@ -21,6 +21,8 @@ from types import FrameType
 from client.agent import Agent, CycleResult
 from client.config import ClientConfig, load_config
 from client.errors import ClientError
+from client.logs import configure_logging
+from client.metrics import ClientMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="staffel-client", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="the client's TOML config")
     parser.add_argument("--once", action="store_true", help="run one cycle, then exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("STAFFEL_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--metrics-file",
+        type=Path,
+        help="write metrics here after each cycle (node-exporter textfile, e.g. .../staffel.prom)",
     )
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, os.environ.get("STAFFEL_LOG_LEVEL", "WARNING"))
     try:
         config = load_config(args.config)
     except ClientError as exc:
@@ -60,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as exc:
         print(f"staffel-client: {exc}", file=sys.stderr)
         return 1
+    metrics = None if args.metrics_file is None else ClientMetrics(args.metrics_file, config.vin)
     try:
         if args.once:
-            return 0 if agent.run_cycle().ok else 1
-        return _run_daemon(agent, config)
+            result = agent.run_cycle()
+            _record(metrics, result, result.next_poll_seconds)
+            return 0 if result.ok else 1
+        return _run_daemon(agent, config, metrics)
     finally:
         agent.close()
 
@@ -89,7 +97,16 @@ def next_delay(result: CycleResult, *, failures: int, config: ClientConfig) -> f
     return base * (1 + random.uniform(0, JITTER))  # noqa: S311 - jitter, not a secret
 
 
-def _run_daemon(agent: Agent, config: ClientConfig) -> int:
+def _record(metrics: ClientMetrics | None, result: CycleResult, delay: float) -> None:
+    if metrics is None:
+        return
+    try:
+        metrics.record_cycle(ok=result.ok, delivered=result.delivered, next_poll_seconds=delay)
+    except OSError as exc:
+        logger.warning("cannot write metrics to %s: %s", metrics.path, exc)
+
+
+def _run_daemon(agent: Agent, config: ClientConfig, metrics: ClientMetrics | None) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -102,7 +119,9 @@ def _run_daemon(agent: Agent, config: ClientConfig) -> int:
     while not stop.is_set():
         result = agent.run_cycle()
         failures = 0 if result.ok else failures + 1
-        _sleep(stop, next_delay(result, failures=failures, config=config))
+        delay = next_delay(result, failures=failures, config=config)
+        _record(metrics, result, delay)
+        _sleep(stop, delay)
     return 0
 
 

@@ -40,6 +40,8 @@ from server.clock import Clock, system_clock
 from server.errors import StaffelError
 from server.logs import configure_logging
 from server.metrics import ServerMetrics
+from server.observability.fleetstate import FleetStateCollector
+from server.observability.tracing import Tracing, otlp_endpoint
 from server.readyfile import split_host_port, write_ready_file
 from server.repository.blobs import BlobStore
 from server.repository.director import Director
@@ -72,6 +74,10 @@ class ServerConfig:
     refresh_interval: timedelta = timedelta(minutes=10)
     refresh_margin: timedelta = timedelta(hours=6)
     shutdown_grace_seconds: float = 5.0
+    # Seconds between health NOT_SERVING and closing the listeners, so that load balancers
+    # and readiness probes stop sending new calls before the server refuses them.
+    shutdown_delay_seconds: float = 0.0
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector for traces; None: no tracing
     # Seconds between campaign engine steps; 0 runs no background step (tests step directly).
     engine_interval_seconds: float = 1.0
 
@@ -83,6 +89,7 @@ class StaffelServer:
         self.config = config
         self.clock = clock
         self.metrics = ServerMetrics()
+        self.tracing = Tracing()
         if config.database_url:
             self.database = Database.from_url(config.database_url)
         else:
@@ -94,6 +101,7 @@ class StaffelServer:
         self.engine = CampaignEngine(self.database, clock=clock)
         self.image_repo.initialize()
         self.director.initialize()
+        self.metrics.registry.register(FleetStateCollector(self.database))
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -105,7 +113,11 @@ class StaffelServer:
     def _grpc_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(
             # The error interceptor is outermost, so it maps the auth errors too.
-            interceptors=[ErrorAndMetricsInterceptor(self.metrics), AuthInterceptor(self.database)],
+            interceptors=[
+                *self.tracing.interceptors,  # outermost: a span covers the whole call
+                ErrorAndMetricsInterceptor(self.metrics),
+                AuthInterceptor(self.database),
+            ],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -151,7 +163,8 @@ class StaffelServer:
         add_routes(app, image_repo=self.image_repo, director=self.director, blobs=self.blobs)
 
         async def metrics(_request: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
+            # Off the event loop: campaign and assignment gauges read the store.
+            body = await asyncio.to_thread(generate_latest, self.metrics.registry)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def healthz(_request: web.Request) -> web.Response:
@@ -165,6 +178,9 @@ class StaffelServer:
         """Binds both listeners and marks every service SERVING."""
         grpc_host, grpc_port = split_host_port(self.config.grpc_listen)
         http_host, http_port = split_host_port(self.config.http_listen)
+        self.tracing = Tracing.start(
+            service_name="staffel-server", endpoint=self.config.otlp_endpoint
+        )
         self._grpc = self._grpc_server()
         bound = self._grpc.add_insecure_port(f"{grpc_host}:{grpc_port}")
         if bound == 0:
@@ -210,6 +226,7 @@ class StaffelServer:
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING first, then drain calls, then close the store."""
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.config.shutdown_delay_seconds)
         for task in (self._refresher, self._stepper):
             if task is not None:
                 task.cancel()
@@ -219,6 +236,7 @@ class StaffelServer:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._http is not None:
             await self._http.cleanup()
+        self.tracing.shutdown()
         self.database.dispose()
 
 
@@ -249,6 +267,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-seconds", type=int, default=300, help="vehicles' poll interval")
     parser.add_argument("--ready-file", type=Path, help="write bound addresses here once serving")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--otlp-endpoint",
+        help="export traces of gRPC calls to this OTLP/gRPC collector "
+        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: no tracing)",
+    )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=0.0,
+        help="seconds to answer NOT_SERVING before refusing new calls (Kubernetes: ~10)",
+    )
     parser.add_argument(
         "--engine-interval",
         type=float,
@@ -308,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         http_listen=args.http_listen,
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
+        shutdown_delay_seconds=args.shutdown_delay,
+        otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
     )
     try:
         asyncio.run(serve(config, args.ready_file))

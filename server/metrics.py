@@ -1,4 +1,9 @@
-"""Prometheus metrics of the central server (one registry per process)."""
+"""Prometheus metrics of the central server (one registry per process).
+
+Counters and histograms are kept by each process (Prometheus sums them over replicas);
+campaign, assignment and wave gauges are read from the shared store at scrape time by
+``server.observability.fleetstate``, so every replica reports the same fleet.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,13 @@ class ServerMetrics:
             "staffel_images_published_total",
             "Images published into the Image repository.",
             registry=self.registry,
+        )
+        self.signing_latency = Histogram(
+            "staffel_signing_seconds",
+            "Time to sign one metadata file, by repository (image, director) and role.",
+            ["repository", "role"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
         self.image_bytes_received = Counter(
             "staffel_image_bytes_received_total",

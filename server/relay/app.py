@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from staffel.v1 import relay_pb2_grpc, vehicle_pb2, vehicle_pb2_grpc
 
+from server.logs import configure_logging
+from server.observability.tracing import Tracing, otlp_endpoint
 from server.relay.access import (
     SitePolicy,
     client_ssl_context,
@@ -70,19 +72,36 @@ class Relay:
     here and released by ``stop`` in reverse order.
     """
 
-    def __init__(self, *, config: RelayConfig, metrics: RelayMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
+    ) -> None:
         """Prefer ``Relay.from_config``."""
         self.config = config
         self.metrics = metrics
+        self._interceptors = list(interceptors)
         self._resources: AsyncExitStack | None = None
         self._addresses: RelayAddresses | None = None
         self._cache: ContentCache | None = None
         self._uplink: EventUplink | None = None
 
     @classmethod
-    def from_config(cls, config: RelayConfig) -> Relay:
-        """A relay for ``config`` with fresh metrics; nothing is started yet."""
-        return cls(config=config, metrics=RelayMetrics.create())
+    def from_config(
+        cls,
+        config: RelayConfig,
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
+    ) -> Relay:
+        """A relay for ``config`` with fresh metrics; nothing is started yet.
+
+        Args:
+            config: The relay's configuration.
+            interceptors: gRPC server interceptors, outermost first (tracing).
+        """
+        return cls(config=config, metrics=RelayMetrics.create(), interceptors=interceptors)
 
     @property
     def addresses(self) -> RelayAddresses:
@@ -230,7 +249,7 @@ class Relay:
         self, resources: AsyncExitStack, forwarder: VehicleForwarder, relays: RelayForwarder
     ) -> str:
         listen = self.config.grpc_listen
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=self._interceptors)
         vehicle_pb2_grpc.add_VehicleServiceServicer_to_server(forwarder, server)
         relay_pb2_grpc.add_RelayServiceServicer_to_server(relays, server)
         # grpc-stubs describe only the sync health servicer; the asyncio one is health.aio.
@@ -273,8 +292,12 @@ def write_ready_file(path: Path, addresses: RelayAddresses) -> None:
         raise
 
 
-async def run(config: RelayConfig) -> None:
+async def run(config: RelayConfig, *, otlp: str | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then stops cleanly.
+
+    Args:
+        config: The relay's configuration.
+        otlp: The OTLP/gRPC collector to send traces of gRPC calls to; None: no tracing.
 
     Raises:
         RelayError: The relay cannot start.
@@ -284,8 +307,9 @@ async def run(config: RelayConfig) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
         loop.add_signal_handler(signum, stopping.set)
+    tracing = Tracing.start(service_name="staffel-relay", endpoint=otlp)
     try:
-        async with Relay.from_config(config) as relay:
+        async with Relay.from_config(config, interceptors=tracing.interceptors) as relay:
             if config.ready_file is not None:
                 await asyncio.to_thread(write_ready_file, config.ready_file, relay.addresses)
             logger.info(
@@ -297,6 +321,7 @@ async def run(config: RelayConfig) -> None:
             await stopping.wait()
             logger.info("relay stopping")
     finally:
+        tracing.shutdown()
         for signum in signals:
             loop.remove_signal_handler(signum)
 
@@ -312,6 +337,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpc-listen", default="127.0.0.1:7001", help="gRPC HOST:PORT")
     parser.add_argument("--http-listen", default="127.0.0.1:7002", help="HTTP HOST:PORT")
     parser.add_argument("--ready-file", type=Path, help="written with the bound addresses")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--otlp-endpoint",
+        help="export traces of gRPC calls to this OTLP/gRPC collector "
+        "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: no tracing)",
+    )
     return parser.parse_args(argv)
 
 
@@ -322,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         0 after a clean stop, 1 when the relay cannot start, 2 for a bad command line.
     """
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_format)
     try:
         config = RelayConfig(
             upstream_url=args.upstream,
@@ -338,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"staffel-relay: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, otlp=otlp_endpoint(args.otlp_endpoint)))
     except RelayError as exc:
         logger.error("relay cannot run: %s", exc)  # noqa: TRY400 (the message says it all)
         return 1

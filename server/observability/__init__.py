@@ -1,0 +1,1 @@
+"""Operations: tracing of gRPC calls, fleet-state metrics, and shutdown sequencing."""
