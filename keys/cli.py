@@ -6,20 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from keys import fleet_cli
+from keys import ceremony_cli, fleet_cli
 from keys.errors import KeyToolError
 from keys.keyset import (
     ALGORITHMS,
     PASSPHRASE_ENV,
-    REPOSITORIES,
-    ROLES,
     init_keyset,
     passphrase_from_env,
 )
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Registers ``keys init`` under the ``staffel`` command's subparsers.
+    """Registers ``keys init`` and the other key commands under ``staffel``.
 
     Args:
         subparsers: The object returned by the parent parser's ``add_subparsers()``.
@@ -38,7 +36,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     init_parser.add_argument(
         "--algorithm", choices=ALGORITHMS, default="ed25519", help="key type (default ed25519)"
     )
+    init_parser.add_argument(
+        "--root-keys", type=int, default=1, help="root keys per repository (e.g. 3)"
+    )
+    init_parser.add_argument(
+        "--root-threshold", type=int, default=1, help="root signatures needed (e.g. 2)"
+    )
+    init_parser.add_argument(
+        "--offline-dir",
+        type=Path,
+        help="write the root private keys here, never into --dir (carry it offline)",
+    )
+    init_parser.add_argument(
+        "--offline-targets",
+        action="store_true",
+        help="with --offline-dir: keep the Image repository's targets key offline too",
+    )
     init_parser.set_defaults(func=run_init)
+    ceremony_cli.add_commands(commands)
     fleet_cli.add_commands(commands)
 
 
@@ -46,14 +61,24 @@ def run_init(args: argparse.Namespace) -> int:
     """Handles ``staffel keys init``; returns the process exit status."""
     passphrase = passphrase_from_env()
     try:
-        keyset = init_keyset(args.dir, algorithm=args.algorithm, passphrase=passphrase)
+        keyset = init_keyset(
+            args.dir,
+            algorithm=args.algorithm,
+            passphrase=passphrase,
+            root_keys=args.root_keys,
+            root_threshold=args.root_threshold,
+            offline_dir=args.offline_dir,
+            offline_targets=args.offline_targets,
+        )
     except KeyToolError as error:
         print(f"staffel keys init: {error}", file=sys.stderr)
         return 1
     state = "encrypted" if passphrase else f"NOT encrypted (set {PASSPHRASE_ENV} to encrypt)"
     print(f"created key set in {keyset.directory}, private keys {state}:")
-    for repo in REPOSITORIES:
-        for role in ROLES:
-            keyids = ", ".join(key.keyid for key in keyset.public_keys(repo, role))
-            print(f"  {repo}.{role:<12} {keyids}")
+    for name, role in sorted(keyset.roles().items()):
+        keyids = ", ".join(entry.public.keyid for entry in role.keys)
+        offline = " (offline)" if any(entry.offline for entry in role.keys) else ""
+        print(f"  {name:<20} {role.threshold} of {keyids}{offline}")
+    if args.offline_dir:
+        print(f"root private keys are in {args.offline_dir}: move them to offline media now")
     return 0

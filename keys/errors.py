@@ -4,7 +4,9 @@
     ├── KeySetExistsError      a key set is already in the directory
     ├── KeySetNotFoundError    no key set (or a missing key file) in the directory
     ├── KeySetInvalidError     keyset.json or a key file cannot be understood
-    └── PassphraseError        the keys are encrypted and the passphrase is missing or wrong
+    ├── PassphraseError        the keys are encrypted and the passphrase is missing or wrong
+    ├── CeremonyError          ceremony metadata is unreadable, stale or under-signed
+    └── HsmError               the PKCS#11 token or its key cannot be used
 
 Every message says what to do next.
 """
@@ -28,3 +30,11 @@ class KeySetInvalidError(KeyToolError):
 
 class PassphraseError(KeyToolError):
     """The private keys are encrypted and no (or a wrong) passphrase was given."""
+
+
+class CeremonyError(KeyToolError):
+    """Metadata of the offline ceremony is unusable: unreadable, stale or under-signed."""
+
+
+class HsmError(KeyToolError):
+    """The PKCS#11 module, token, PIN or key cannot be used."""

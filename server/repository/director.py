@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from tuf.api.metadata import (
     MetaFile,
@@ -35,11 +36,11 @@ from server.repository.models import (
     lock_vehicle_row,
     metadata_row,
 )
+from server.repository.roots import add_root, first_root, trusted_root
 from server.repository.signing import (
     as_utc,
     check_root_keys,
     expires_after,
-    new_root,
     parse,
     sign,
     utc_now,
@@ -105,8 +106,7 @@ class Director:
             if existing is not None:
                 check_root_keys(parse(existing.data, Root), self._keys, REPO)
                 return
-        root = new_root(self._keys, REPO, expires=expires_after(self._clock(), self._root_expiry))
-        data = sign(root, self._keys, REPO)
+        data = first_root(self._keys, REPO, expires=expires_after(self._clock(), self._root_expiry))
         try:
             with self._database.session() as session:
                 session.add(RepoMetadata(repo=REPO, filename="1.root.json", version=1, data=data))
@@ -130,6 +130,19 @@ class Director:
                 "Director root) or call Director.initialize()"
             )
         return row.data
+
+    def import_root(self, data: bytes) -> int:
+        """Adds a new Director root signed in the offline ceremony; returns its version.
+
+        Every vehicle's metadata is re-signed under the new root at its next check-in.
+
+        Raises:
+            FailedPreconditionError: The root is not validly signed or not the next version.
+        """
+        with self._database.session() as session:
+            new = add_root(session, REPO, data)
+            session.exec(update(DirectorVehicleState).values(targets_digest=""))
+        return new.signed.version
 
     def root_metadata(self, version: int) -> bytes | None:
         """Director root ``version`` (``N.root.json``), or None when there is none."""
@@ -183,7 +196,8 @@ class Director:
                 return _signed(state)
             version = 1 if state is None else state.version + 1
             expires = expires_after(self._clock(), self._expiry)
-            signed = self._sign(vin, assignment, version, expires)
+            root = trusted_root(session, REPO).signed
+            signed = self._sign(vin, assignment, version, expires, root)
             session.merge(
                 DirectorVehicleState(
                     vin=vin,
@@ -198,7 +212,12 @@ class Director:
             return signed
 
     def _sign(
-        self, vin: str, assignment: dict[str, TargetFile], version: int, expires: datetime
+        self,
+        vin: str,
+        assignment: dict[str, TargetFile],
+        version: int,
+        expires: datetime,
+        root: Root,
     ) -> SignedDirectorMetadata:
         targets = Targets(
             version=version,
@@ -213,9 +232,9 @@ class Director:
             version=version, expires=expires, snapshot_meta=MetaFile(version=version)
         )
         return SignedDirectorMetadata(
-            timestamp=sign(timestamp, self._keys, REPO),
-            snapshot=sign(snapshot, self._keys, REPO),
-            targets=sign(targets, self._keys, REPO),
+            timestamp=sign(timestamp, self._keys, REPO, root),
+            snapshot=sign(snapshot, self._keys, REPO, root),
+            targets=sign(targets, self._keys, REPO, root),
             version=version,
         )
 

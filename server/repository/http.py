@@ -1,6 +1,7 @@
 """HTTP routes of the repositories, exactly as laid out in docs/architecture.md.
 
     /image/metadata/N.root.json | N.targets.json | N.snapshot.json   immutable
+    /image/metadata/N.bins.json | N.bin-XXX.json (hashed bins)       immutable
     /image/metadata/timestamp.json                                   no-cache
     /image/targets/SHA256.TARGETNAME                                 immutable, Range
     /director/metadata/N.root.json                                   immutable
@@ -23,7 +24,8 @@ from server.repository.image_repo import TIMESTAMP_FILE, ImageRepository
 
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _VERSION: Final = r"[1-9][0-9]{0,18}"
-_IMAGE_METADATA: Final = re.compile(rf"(?:{_VERSION}\.(?:root|targets|snapshot)|timestamp)\.json")
+_ROLE: Final = r"(?:root|targets|snapshot|bins|bin-[0-9a-f]{1,8})"
+_IMAGE_METADATA: Final = re.compile(rf"(?:{_VERSION}\.{_ROLE}|timestamp)\.json")
 _DIRECTOR_ROOT: Final = re.compile(rf"({_VERSION})\.root\.json")
 _IMAGE_TARGET: Final = re.compile(r"([0-9a-f]{64})\.([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})")
 _JSON: Final = "application/json"

@@ -1,45 +1,57 @@
 """The Uptane Image repository: a TUF repository of every image that may be installed.
 
 Metadata is stored in ``RepoMetadata`` rows named as served (consistent snapshots):
-``N.root.json``, ``N.targets.json``, ``N.snapshot.json`` and the latest ``timestamp.json``.
-Each change follows the TUF order: new targets, then a snapshot naming it, then a
-timestamp naming the snapshot, all in one transaction.
+``N.root.json``, ``N.targets.json``, ``N.bins.json``, ``N.bin-XXX.json``,
+``N.snapshot.json`` and the latest ``timestamp.json``. Images live in hashed bins
+(``server.repository.image_layout``). Each change follows the TUF order: new bins (or
+targets), then a snapshot naming them, then a timestamp naming the snapshot, all in one
+transaction that holds the lock on ``timestamp.json``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
-from tuf.api.metadata import (
-    MetaFile,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
 
+from keys.ceremony import to_bytes
 from keys.keyset import KeySet
-from server.errors import AlreadyExistsError, InvalidArgumentError, RepositoryError
+from server.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    RepositoryError,
+)
+from server.repository.image_layout import (
+    DEFAULT_BIN_BITS,
+    ImageTarget,
+    bins_delegation,
+    bins_role,
+    succinct_roles,
+    top_level_targets,
+)
 from server.repository.models import (
     RepoMetadata,
     latest_root_row,
     lock_metadata_row,
     metadata_row,
 )
+from server.repository.roots import add_root, first_root, trusted_root
 from server.repository.signing import (
-    SignedT,
     check_root_keys,
     expires_after,
-    new_root,
     parse,
+    serialize,
     sign,
+    sign_with,
     utc_now,
     validate_image_target,
 )
@@ -47,6 +59,8 @@ from server.store import Database
 
 REPO: Final = "image"
 TIMESTAMP_FILE: Final = "timestamp.json"
+BINS_FILE: Final = "bins.json"
+TARGETS_FILE: Final = "targets.json"
 
 
 @dataclass(frozen=True)
@@ -61,12 +75,12 @@ class ImageExpiry:
 
 @dataclass
 class _Head:
-    """The repository's current timestamp (with its row), snapshot and targets."""
+    """The repository's current timestamp (with its row) and snapshot, and its root."""
 
     timestamp_row: RepoMetadata
     timestamp: Timestamp
     snapshot: Snapshot
-    targets: Targets
+    root: Root
 
 
 class ImageRepository:
@@ -79,14 +93,16 @@ class ImageRepository:
         *,
         clock: Callable[[], datetime] = utc_now,
         expiry: ImageExpiry | None = None,
+        bin_bits: int = DEFAULT_BIN_BITS,
     ) -> None:
         self._database = database
         self._keys = keys
         self._clock = clock
         self._expiry = expiry or ImageExpiry()
+        self._bin_bits = bin_bits
 
     def initialize(self) -> None:
-        """Creates root, targets, snapshot and timestamp version 1 unless they exist.
+        """Creates root, targets, bins, snapshot and timestamp version 1 unless they exist.
 
         Raises:
             RepositoryError: The repository exists but the key set does not hold its keys,
@@ -98,16 +114,29 @@ class ImageRepository:
                 check_root_keys(parse(existing.data, Root), self._keys, REPO)
                 return
         now = self._clock()
-        root = new_root(self._keys, REPO, expires=expires_after(now, self._expiry.root))
-        targets = Targets(version=1, expires=expires_after(now, self._expiry.targets))
+        root_data = first_root(self._keys, REPO, expires=expires_after(now, self._expiry.root))
+        root = parse(root_data, Root)
+        expires = expires_after(now, self._expiry.targets)
+        targets = top_level_targets(self._keys, version=1, expires=expires)
+        bins = bins_role(self._keys, bit_length=self._bin_bits, version=1, expires=expires)
         snapshot = Snapshot(version=1, expires=expires_after(now, self._expiry.snapshot))
         timestamp = Timestamp(version=1, expires=expires_after(now, self._expiry.timestamp))
         try:
             with self._database.session() as session:
-                self._store(session, root)
-                self._store(session, targets)
-                self._store(session, snapshot)
-                data = sign(timestamp, self._keys, REPO)
+                session.add(
+                    RepoMetadata(repo=REPO, filename="1.root.json", version=1, data=root_data)
+                )
+                self._store(session, TARGETS_FILE, targets, sign(targets, self._keys, REPO, root))
+                self._store_delegated(session, BINS_FILE, bins, targets)
+                snapshot.meta[BINS_FILE] = MetaFile(version=1)
+                for name in succinct_roles(bins).get_roles():
+                    empty = Targets(version=1, expires=expires)
+                    self._store_delegated(session, f"{name}.json", empty, bins)
+                    snapshot.meta[f"{name}.json"] = MetaFile(version=1)
+                self._store(
+                    session, "snapshot.json", snapshot, sign(snapshot, self._keys, REPO, root)
+                )
+                data = sign(timestamp, self._keys, REPO, root)
                 session.add(RepoMetadata(repo=REPO, filename=TIMESTAMP_FILE, version=1, data=data))
         except IntegrityError:
             # Another server process initialized the repository at the same moment.
@@ -118,45 +147,46 @@ class ImageRepository:
     def add_image(
         self, *, target_name: str, sha256: str, length: int, custom: Mapping[str, Any]
     ) -> None:
-        """Publishes one image: a new targets, snapshot and timestamp, in one transaction.
+        """Publishes one image: see :meth:`add_images`."""
+        self.add_images(
+            [ImageTarget(target_name=target_name, sha256=sha256, length=length, custom=custom)]
+        )
 
-        Args:
-            target_name: ``NAME-VERSION``, unique in the repository.
-            sha256: The image's SHA-256, lowercase hex.
-            length: The image's size in bytes.
-            custom: Uptane fields (name, version, hardware_ids, release_counter).
+    def add_images(self, images: Sequence[ImageTarget]) -> None:
+        """Publishes images: new bins, snapshot and timestamp, in one transaction.
 
         Raises:
-            InvalidArgumentError: A field is malformed or ``custom`` is not JSON.
-            AlreadyExistsError: ``target_name`` is already published.
+            InvalidArgumentError: A field is malformed, ``custom`` is not JSON, or a name
+                appears twice.
+            AlreadyExistsError: A target name is already published.
             RepositoryError: The repository is not initialized or cannot be signed.
         """
-        validate_image_target(target_name, sha256, length)
-        try:
-            custom_fields = json.loads(json.dumps(dict(custom)))
-        except (TypeError, ValueError) as error:
-            raise InvalidArgumentError(
-                f"the custom fields of {target_name} are not JSON: {error}"
-            ) from error
+        checked = [_checked(image) for image in images]
+        names = [image.target_name for image in checked]
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError("each image may appear once in a publication")
         with self._database.session() as session:
             head = self._locked_head(session)
-            if target_name in head.targets.targets:
-                raise AlreadyExistsError(
-                    f"image {target_name} is already published: give the new image a new "
-                    f"version in its name"
-                )
+            bins = self._load(session, head.snapshot, BINS_FILE)
+            roles = succinct_roles(bins)
+            by_bin: dict[str, list[ImageTarget]] = {}
+            for image in checked:
+                by_bin.setdefault(roles.get_role_for_target(image.target_name), []).append(image)
             now = self._clock()
-            targets = head.targets
-            targets.targets[target_name] = TargetFile(
-                length=length,
-                hashes={"sha256": sha256},
-                path=target_name,
-                unrecognized_fields={"custom": custom_fields},
-            )
-            targets.version += 1
-            targets.expires = expires_after(now, self._expiry.targets)
-            self._store(session, targets)
-            head.snapshot.meta["targets.json"] = MetaFile(version=targets.version)
+            for bin_name, members in sorted(by_bin.items()):
+                filename = f"{bin_name}.json"
+                bin_targets = self._load(session, head.snapshot, filename)
+                for image in members:
+                    if image.target_name in bin_targets.targets:
+                        raise AlreadyExistsError(
+                            f"image {image.target_name} is already published: give the new "
+                            f"image a new version in its name"
+                        )
+                    bin_targets.targets[image.target_name] = image.target_file()
+                bin_targets.version += 1
+                bin_targets.expires = expires_after(now, self._expiry.targets)
+                self._store_delegated(session, filename, bin_targets, bins)
+                head.snapshot.meta[filename] = MetaFile(version=bin_targets.version)
             self._publish_snapshot(session, head, now)
 
     def refresh_expiring(self, within: timedelta) -> bool:
@@ -198,6 +228,101 @@ class ImageRepository:
             raise _not_initialized()
         return row.data
 
+    def export_next_targets(self) -> bytes:
+        """The unsigned next top-level targets (delegating to the key set's bins keys)."""
+        with self._database.session() as session:
+            head = self._head(session)
+            current = self._load(session, head.snapshot, TARGETS_FILE)
+        next_targets = top_level_targets(
+            self._keys,
+            version=current.version + 1,
+            expires=expires_after(self._clock(), self._expiry.targets),
+        )
+        return to_bytes(Metadata(next_targets))
+
+    def import_metadata(self, *, root: bytes | None = None, targets: bytes | None = None) -> None:
+        """Adds a new root and/or top-level targets signed in the offline ceremony.
+
+        The snapshot and timestamp are re-signed under the (new) root right away, with
+        the online keys it trusts; when the new targets rotate the bins keys, the bins
+        are re-signed with the new ones.
+
+        Raises:
+            FailedPreconditionError: The metadata is not validly signed, not the next
+                version, or leaves the targets unsigned under the new root.
+            RepositoryError: The online keys of the new root are not in the key set.
+        """
+        with self._database.session() as session:
+            head = self._locked_head(session)
+            if root is not None:
+                head.root = add_root(session, REPO, root).signed
+            current = self._load(session, head.snapshot, TARGETS_FILE)
+            if targets is not None:
+                current = self._import_targets(session, head, current, targets)
+            else:
+                self._check_targets_trusted(session, head)
+            old_bins = self._load(session, head.snapshot, BINS_FILE)
+            if set(bins_delegation(current).keyids) != set(_signature_keyids(session, old_bins)):
+                self._resign_bins(session, head, current)
+            self._publish_snapshot(session, head, self._clock())
+
+    def _import_targets(
+        self, session: Session, head: _Head, current: Targets, data: bytes
+    ) -> Targets:
+        try:
+            new = Metadata[Targets].from_bytes(data)
+            head.root.verify_delegate(Targets.type, new.signed_bytes, new.signatures)
+        except (ValueError, DeserializationError, tuf_errors.RepositoryError) as error:
+            raise FailedPreconditionError(f"new Image targets refused: {error}") from error
+        if not isinstance(new.signed, Targets):
+            raise FailedPreconditionError(
+                f"new Image targets refused: the file holds {new.signed.type} metadata"
+            )
+        if new.signed.version <= current.version:
+            raise FailedPreconditionError(
+                f"new Image targets refused: version {new.signed.version} is not above the "
+                f"current {current.version}; export fresh targets and sign those"
+            )
+        bins_delegation(new.signed)
+        self._store(session, TARGETS_FILE, new.signed, data)
+        head.snapshot.meta[TARGETS_FILE] = MetaFile(version=new.signed.version)
+        return new.signed
+
+    def _check_targets_trusted(self, session: Session, head: _Head) -> None:
+        filename = f"{head.snapshot.meta[TARGETS_FILE].version}.targets.json"
+        stored = Metadata[Targets].from_bytes(_required(session, filename).data)
+        if _verifies(head.root, stored):
+            return
+        targets = stored.signed
+        targets.version += 1
+        try:
+            data = sign(targets, self._keys, REPO, head.root)
+        except RepositoryError as error:
+            raise FailedPreconditionError(
+                f"the new root trusts other targets keys and {error}: import the new root "
+                f"together with targets signed by the new key (`--targets`)"
+            ) from error
+        self._store(session, TARGETS_FILE, targets, data)
+        head.snapshot.meta[TARGETS_FILE] = MetaFile(version=targets.version)
+
+    def _resign_bins(self, session: Session, head: _Head, targets: Targets) -> None:
+        """Re-signs the bins role and every bin with the bins keys ``targets`` names."""
+        now = self._clock()
+        old = self._load(session, head.snapshot, BINS_FILE)
+        bins = bins_role(
+            self._keys,
+            bit_length=succinct_roles(old).bit_length,
+            version=old.version + 1,
+            expires=expires_after(now, self._expiry.targets),
+        )
+        self._store_delegated(session, BINS_FILE, bins, targets)
+        head.snapshot.meta[BINS_FILE] = MetaFile(version=bins.version)
+        for name in succinct_roles(bins).get_roles():
+            bin_targets = self._load(session, head.snapshot, f"{name}.json")
+            bin_targets.version += 1
+            self._store_delegated(session, f"{name}.json", bin_targets, bins)
+            head.snapshot.meta[f"{name}.json"] = MetaFile(version=bin_targets.version)
+
     def _expiring(self, head: _Head, within: timedelta) -> bool:
         now = self._clock()
         return min(head.snapshot.expires, head.timestamp.expires) - now <= within
@@ -206,7 +331,7 @@ class ImageRepository:
         snapshot = head.snapshot
         snapshot.version += 1
         snapshot.expires = expires_after(now, self._expiry.snapshot)
-        self._store(session, snapshot)
+        self._store(session, "snapshot.json", snapshot, sign(snapshot, self._keys, REPO, head.root))
         head.timestamp.snapshot_meta = MetaFile(version=snapshot.version)
         self._publish_timestamp(session, head, now)
 
@@ -216,14 +341,37 @@ class ImageRepository:
         timestamp.expires = expires_after(now, self._expiry.timestamp)
         row = head.timestamp_row
         row.version = timestamp.version
-        row.data = sign(timestamp, self._keys, REPO)
+        row.data = sign(timestamp, self._keys, REPO, head.root)
         session.add(row)
 
-    def _store(self, session: Session, signed: SignedT) -> None:
-        """Signs a versioned role and adds it as ``N.ROLE.json``."""
-        data = sign(signed, self._keys, REPO)
-        filename = f"{signed.version}.{signed.type}.json"
-        session.add(RepoMetadata(repo=REPO, filename=filename, version=signed.version, data=data))
+    def _store(self, session: Session, filename: str, signed: Any, data: bytes) -> None:
+        """Adds signed metadata as ``N.FILENAME``."""
+        name = f"{signed.version}.{filename}"
+        session.add(RepoMetadata(repo=REPO, filename=name, version=signed.version, data=data))
+
+    def _store_delegated(
+        self, session: Session, filename: str, signed: Targets, delegator: Targets
+    ) -> None:
+        """Signs a delegated role with the online keys ``delegator`` trusts and stores it."""
+        role_name = filename.removesuffix(".json")
+        role = delegator.get_delegated_role(role_name)
+        data = sign_with(
+            signed,
+            self._keys,
+            keyids=role.keyids,
+            threshold=role.threshold,
+            label=f"image {role_name}",
+        )
+        self._store(session, filename, signed, data)
+
+    def _load(self, session: Session, snapshot: Snapshot, filename: str) -> Targets:
+        meta = snapshot.meta.get(filename)
+        if meta is None:
+            raise RepositoryError(
+                f"the Image repository's snapshot names no {filename}: the store is corrupt; "
+                f"restore the database from a backup"
+            )
+        return parse(_required(session, f"{meta.version}.{filename}").data, Targets)
 
     def _locked_head(self, session: Session) -> _Head:
         if not lock_metadata_row(session, REPO, TIMESTAMP_FILE):
@@ -237,9 +385,33 @@ class ImageRepository:
         timestamp = parse(timestamp_row.data, Timestamp)
         snapshot_row = _required(session, f"{timestamp.snapshot_meta.version}.snapshot.json")
         snapshot = parse(snapshot_row.data, Snapshot)
-        targets_row = _required(session, f"{snapshot.meta['targets.json'].version}.targets.json")
-        targets = parse(targets_row.data, Targets)
-        return _Head(timestamp_row, timestamp, snapshot, targets)
+        root = trusted_root(session, REPO).signed
+        return _Head(timestamp_row, timestamp, snapshot, root)
+
+
+def _checked(image: ImageTarget) -> ImageTarget:
+    validate_image_target(image.target_name, image.sha256, image.length)
+    try:
+        custom = json.loads(json.dumps(dict(image.custom)))
+    except (TypeError, ValueError) as error:
+        raise InvalidArgumentError(
+            f"the custom fields of {image.target_name} are not JSON: {error}"
+        ) from error
+    return ImageTarget(image.target_name, image.sha256, image.length, custom)
+
+
+def _verifies(root: Root, metadata: Metadata[Targets]) -> bool:
+    try:
+        root.verify_delegate(Targets.type, metadata.signed_bytes, metadata.signatures)
+    except tuf_errors.UnsignedMetadataError:
+        return False
+    return True
+
+
+def _signature_keyids(session: Session, signed: Targets) -> list[str]:
+    """The key ids that signed the stored ``bins.json`` of this version."""
+    row = _required(session, f"{signed.version}.{BINS_FILE}")
+    return list(Metadata[Targets].from_bytes(row.data).signatures)
 
 
 def _required(session: Session, filename: str) -> RepoMetadata:
@@ -257,3 +429,6 @@ def _not_initialized() -> RepositoryError:
         "the Image repository is not initialized: start the server once (it creates the "
         "repository) or call ImageRepository.initialize()"
     )
+
+
+__all__ = ["ImageExpiry", "ImageRepository", "ImageTarget", "serialize"]

@@ -38,7 +38,7 @@ def test_init_writes_one_private_key_per_repository_and_role(
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
             assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     index = json.loads((directory / "keyset.json").read_text())
-    assert set(index["roles"]) == {f"{r}.{o}" for r in REPOSITORIES for o in ROLES}
+    assert set(index["roles"]) == {f"{r}.{o}" for r in REPOSITORIES for o in ROLES} | {"image.bins"}
     assert b"PRIVATE" not in (directory / "keyset.json").read_bytes()
     assert sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp")) == []
     assert_signs_and_verifies(keyset)

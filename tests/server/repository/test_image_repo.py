@@ -18,6 +18,7 @@ from server.errors import AlreadyExistsError, InvalidArgumentError, RepositoryEr
 from server.repository.blobs import BlobStore
 from server.repository.image_repo import ImageRepository
 from server.store import Database
+from tests.server.repository.conftest import BIN_BITS
 
 if TYPE_CHECKING:
     from tests.server.repository.conftest import Clock
@@ -55,12 +56,28 @@ def signed(repo: ImageRepository, filename: str) -> Any:
     return Metadata.from_bytes(data).signed
 
 
+def bin_file(repo: ImageRepository, target_name: str) -> str:
+    """The current ``N.bin-XXX.json`` that holds ``target_name``."""
+    bins = signed(repo, "1.bins.json")
+    role = bins.delegations.succinct_roles.get_role_for_target(target_name)
+    timestamp = signed(repo, "timestamp.json")
+    snapshot = signed(repo, f"{timestamp.snapshot_meta.version}.snapshot.json")
+    return f"{snapshot.meta[f'{role}.json'].version}.{role}.json"
+
+
 def test_initialize_creates_version_one_of_every_role(image_repo: ImageRepository) -> None:
     root = signed(image_repo, "1.root.json")
     assert isinstance(root, Root)
     assert root.consistent_snapshot is True
-    assert isinstance(signed(image_repo, "1.targets.json"), Targets)
-    assert isinstance(signed(image_repo, "1.snapshot.json"), Snapshot)
+    targets = signed(image_repo, "1.targets.json")
+    assert isinstance(targets, Targets)
+    assert targets.targets == {}
+    assert list(targets.delegations.roles) == ["bins"]
+    bins = signed(image_repo, "1.bins.json")
+    assert bins.delegations.succinct_roles.bit_length == BIN_BITS
+    snapshot = signed(image_repo, "1.snapshot.json")
+    assert isinstance(snapshot, Snapshot)
+    assert len(snapshot.meta) == 2 + 2**BIN_BITS
     timestamp = signed(image_repo, "timestamp.json")
     assert isinstance(timestamp, Timestamp)
     assert timestamp.version == 1
@@ -88,16 +105,19 @@ def test_add_image_signs_new_targets_snapshot_and_timestamp(
 ) -> None:
     sha256 = publish(image_repo, blobs, "boot-2.1", BOOT_IMAGE)
 
-    targets = signed(image_repo, "2.targets.json")
-    target = targets.targets["boot-2.1"]
+    holder = bin_file(image_repo, "boot-2.1")
+    assert holder.startswith("2.bin-")
+    target = signed(image_repo, holder).targets["boot-2.1"]
     assert target.hashes == {"sha256": sha256}
     assert target.length == len(BOOT_IMAGE)
     assert target.custom == image_custom("boot", "2.1", "boot-hw", 1)
-    assert signed(image_repo, "2.snapshot.json").meta["targets.json"].version == 2
+    snapshot = signed(image_repo, "2.snapshot.json")
+    assert snapshot.meta["targets.json"].version == 1
+    assert snapshot.meta[holder.split(".", 1)[1]].version == 2
     timestamp = signed(image_repo, "timestamp.json")
     assert (timestamp.version, timestamp.snapshot_meta.version) == (2, 2)
-    # Published versions stay; the old targets is still served.
-    assert "boot-2.1" not in signed(image_repo, "1.targets.json").targets
+    # Published versions stay; the old bin is still served.
+    assert "boot-2.1" not in signed(image_repo, "1." + holder.split(".", 1)[1]).targets
 
 
 def test_a_published_target_name_cannot_be_reused(
@@ -106,7 +126,7 @@ def test_a_published_target_name_cannot_be_reused(
     publish(image_repo, blobs, "boot-2.1", BOOT_IMAGE)
     with pytest.raises(AlreadyExistsError, match=r"boot-2\.1 is already published"):
         publish(image_repo, blobs, "boot-2.1", INFOTAINMENT_IMAGE)
-    assert image_repo.metadata("3.targets.json") is None
+    assert image_repo.metadata("3.snapshot.json") is None
 
 
 @pytest.mark.parametrize(
@@ -167,8 +187,8 @@ def test_concurrent_publishers_each_get_their_own_version(image_repo: ImageRepos
     assert errors == []
     timestamp = signed(image_repo, "timestamp.json")
     assert timestamp.version == len(names) + 1
-    latest = signed(image_repo, f"{len(names) + 1}.targets.json")
-    assert sorted(latest.targets) == sorted(names)
+    for name in names:
+        assert name in signed(image_repo, bin_file(image_repo, name)).targets
 
 
 def test_refresh_expiring_resigns_timestamp_then_snapshot(

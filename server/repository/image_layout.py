@@ -1,0 +1,109 @@
+"""How the Image repository's targets are laid out: top-level targets, ``bins``, bins.
+
+    targets (offline-capable key)   delegates "*" to ──▶  bins (online key)
+    bins                            delegates by hash (TAP 15 succinct roles) ──▶
+    bin-000 … bin-3ff               the image targets, ~N/1024 each
+
+A client that looks up one image reads targets, bins and one bin, so its refresh after
+one more image is published costs timestamp + snapshot + one bin, whatever the size of
+the repository. The bins role and the bins are signed by the online ``image.bins`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Key,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+)
+
+from keys.keyset import BINS_ROLE, KeySet
+
+BIN_PREFIX: Final = "bin"
+DEFAULT_BIN_BITS: Final = 10  # 1,024 bins: ~100 images each at 100,000 images
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    """One image to publish.
+
+    Attributes:
+        target_name: ``NAME-VERSION``, unique in the repository.
+        sha256: The image's SHA-256, lowercase hex.
+        length: The image's size in bytes.
+        custom: Uptane fields (name, version, hardware_ids, release_counter, ecu_type).
+    """
+
+    target_name: str
+    sha256: str
+    length: int
+    custom: Mapping[str, Any]
+
+    def target_file(self) -> TargetFile:
+        """The TUF target entry."""
+        return TargetFile(
+            length=self.length,
+            hashes={"sha256": self.sha256},
+            path=self.target_name,
+            unrecognized_fields={"custom": dict(self.custom)},
+        )
+
+
+def bins_keys(keys: KeySet) -> dict[str, Key]:
+    """The online keys that sign the bins role and the bins, by key id."""
+    return {key.keyid: key for key in keys.public_keys("image", BINS_ROLE)}
+
+
+def top_level_targets(keys: KeySet, *, version: int, expires: datetime) -> Targets:
+    """Top-level targets delegating every image path to the ``bins`` role."""
+    keyring = bins_keys(keys)
+    role = DelegatedRole(
+        name=BINS_ROLE,
+        keyids=list(keyring),
+        threshold=keys.threshold("image", BINS_ROLE),
+        terminating=True,
+        paths=["*"],
+    )
+    return Targets(
+        version=version,
+        expires=expires,
+        delegations=Delegations(keys=keyring, roles={BINS_ROLE: role}),
+    )
+
+
+def bins_role(keys: KeySet, *, bit_length: int, version: int, expires: datetime) -> Targets:
+    """The ``bins`` role: succinct hashed-bin delegations to ``bin-XXX``."""
+    keyring = bins_keys(keys)
+    succinct = SuccinctRoles(
+        keyids=list(keyring),
+        threshold=keys.threshold("image", BINS_ROLE),
+        bit_length=bit_length,
+        name_prefix=BIN_PREFIX,
+    )
+    return Targets(
+        version=version,
+        expires=expires,
+        delegations=Delegations(keys=keyring, succinct_roles=succinct),
+    )
+
+
+def succinct_roles(bins: Targets) -> SuccinctRoles:
+    """The hashed-bin delegation of a stored ``bins`` role."""
+    if bins.delegations is None or bins.delegations.succinct_roles is None:
+        raise ValueError("the bins role carries no succinct delegation")
+    return bins.delegations.succinct_roles
+
+
+def bins_delegation(targets: Targets) -> DelegatedRole:
+    """The top-level targets' delegation to the ``bins`` role."""
+    if targets.delegations is None or targets.delegations.roles is None:
+        raise ValueError("the top-level targets delegate to no bins role")
+    return targets.delegations.roles[BINS_ROLE]
