@@ -43,6 +43,7 @@ tools:
 	  { echo "cannot install kubectl: run 'apt-get install kubernetes-client' as root"; exit 1; }
 
 pytest: $(STAMP) tools
+	@sh tests/keys/ensure-softhsm2.sh
 	$(BIN)/python -m pytest
 
 test: lint proto-check pytest
