@@ -41,6 +41,7 @@ from server.errors import StaffelError
 from server.logs import configure_logging
 from server.metrics import ServerMetrics
 from server.observability.fleetstate import FleetStateCollector
+from server.observability.signing import observe_signing
 from server.observability.tracing import Tracing, otlp_endpoint
 from server.readyfile import split_host_port, write_ready_file
 from server.repository.blobs import BlobStore
@@ -102,6 +103,11 @@ class StaffelServer:
         self.image_repo.initialize()
         self.director.initialize()
         self.metrics.registry.register(FleetStateCollector(self.database))
+        self._stop_observing_signing = observe_signing(
+            lambda repo, role, seconds: self.metrics.signing_latency.labels(repo, role).observe(
+                seconds
+            )
+        )
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -237,6 +243,7 @@ class StaffelServer:
         if self._http is not None:
             await self._http.cleanup()
         self.tracing.shutdown()
+        self._stop_observing_signing()
         self.database.dispose()
 
 
