@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from tuf.api.metadata import (
-    TOP_LEVEL_ROLE_NAMES,
     Metadata,
     Root,
     Snapshot,
@@ -16,8 +16,9 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from keys.ceremony import build_root
 from keys.errors import KeyToolError
-from keys.keyset import ROLES, KeySet
+from keys.keyset import KeySet
 from server.errors import InvalidArgumentError, RepositoryError
 from server.observability.signing import timed_signing
 from server.repository.blobs import is_sha256_hex
@@ -66,24 +67,22 @@ def validate_image_target(target_name: str, sha256: str, length: int) -> None:
 
 def new_root(keys: KeySet, repo: str, *, expires: datetime) -> Root:
     """Root version 1 of ``repo`` trusting the key set's keys for every top-level role."""
-    root = Root(version=1, expires=expires, consistent_snapshot=True)
-    for role in ROLES:
-        for key in keys.public_keys(repo, role):
-            root.add_key(key, role)
-        root.roles[role].threshold = keys.threshold(repo, role)
-    return root
+    return build_root(keys, repo, version=1, expires=expires)
 
 
 def check_root_keys(root: Root, keys: KeySet, repo: str) -> None:
-    """Fails when the key set does not hold the keys that ``root`` trusts.
+    """Fails when the key set holds none of the online keys that ``root`` trusts.
+
+    Root and targets keys may be offline or mid-rotation, so only the online roles
+    (snapshot and timestamp) must share a key with the key set.
 
     Raises:
         RepositoryError: The key set belongs to another repository.
     """
-    for role in TOP_LEVEL_ROLE_NAMES:
+    for role in ("snapshot", "timestamp"):
         trusted = set(root.roles[role].keyids)
         held = {key.keyid for key in keys.public_keys(repo, role)}
-        if not held <= trusted or len(held) < root.roles[role].threshold:
+        if not held & trusted:
             raise RepositoryError(
                 f"the {repo} repository's root does not trust the {repo}.{role} keys in "
                 f"{keys.directory}: start the server with the key set the repository "
@@ -91,21 +90,67 @@ def check_root_keys(root: Root, keys: KeySet, repo: str) -> None:
             )
 
 
-def sign(signed: SignedT, keys: KeySet, repo: str) -> bytes:
-    """Signs ``signed`` with every key of its role in ``repo`` and serializes it.
+def sign_with(
+    signed: Root | Targets | Snapshot | Timestamp,
+    keys: KeySet,
+    *,
+    keyids: Iterable[str],
+    threshold: int,
+    label: str,
+) -> bytes:
+    """Signs ``signed`` with every online key of ``keyids`` in the key set; serializes it.
+
+    Args:
+        signed: The metadata to sign.
+        keys: The key set holding the online private keys.
+        keyids: The keys the delegating role trusts for it.
+        threshold: How many of them must sign.
+        label: Names the role in error messages, e.g. ``image snapshot``.
 
     Raises:
-        RepositoryError: The role's private keys cannot be loaded.
+        RepositoryError: Fewer than ``threshold`` of the trusted keys are online, or a
+            private key cannot be loaded.
     """
-    metadata = Metadata(signed)
+    metadata: Metadata[Any] = Metadata(signed)
     try:
-        signers = keys.signers(repo, signed.type)
+        signers = [s for keyid in keyids if (s := keys.signer_for(keyid)) is not None]
     except KeyToolError as error:
-        raise RepositoryError(f"cannot sign {repo} {signed.type}: {error}") from error
-    with timed_signing(repo, signed.type):
-        for signer in signers:
-            metadata.sign(signer, append=True)
+        raise RepositoryError(f"cannot sign {label}: {error}") from error
+    if len(signers) < threshold:
+        raise RepositoryError(
+            f"cannot sign {label}: it needs {threshold} signatures and the key set in "
+            f"{keys.directory} holds {len(signers)} of its trusted keys online; sign it in "
+            f"the offline ceremony (`staffel keys targets export`) or add the keys"
+        )
+    for signer in signers:
+        metadata.sign(signer, append=True)
     return metadata.to_bytes(_SERIALIZER)
+
+
+def sign(signed: SignedT, keys: KeySet, repo: str, root: Root | None = None) -> bytes:
+    """Signs a top-level role with the keys ``root`` trusts for it and serializes it.
+
+    Without ``root`` (when signing root version 1 itself) the key set's keys of the
+    role are used.
+
+    Raises:
+        RepositoryError: Too few of the role's keys are online or loadable.
+    """
+    if root is None:
+        keyids = [key.keyid for key in keys.public_keys(repo, signed.type)]
+        threshold = keys.threshold(repo, signed.type)
+    else:
+        keyids = list(root.roles[signed.type].keyids)
+        threshold = root.roles[signed.type].threshold
+    with timed_signing(repo, signed.type):
+        return sign_with(
+            signed, keys, keyids=keyids, threshold=threshold, label=f"{repo} {signed.type}"
+        )
+
+
+def serialize(metadata: Metadata[Any]) -> bytes:
+    """Metadata as stored and served (compact JSON)."""
+    return bytes(metadata.to_bytes(_SERIALIZER))
 
 
 def parse(data: bytes, signed_type: type[SignedT]) -> SignedT:
