@@ -48,8 +48,8 @@ def select_director_image(targets: Targets, *, vin: str, ecu: EcuConfig) -> Targ
         hardware_id = entry.get("hardware_id") if isinstance(entry, dict) else None
         if hardware_id != ecu.hardware_id:
             raise VerificationError(
-                f"the Director assigns {name} to ECU {ecu.serial} as hardware id "
-                f"{hardware_id!r}, but that ECU is {ecu.hardware_id!r}"
+                f"wrong hardware id: the Director assigns {name} to ECU {ecu.serial} as "
+                f"hardware id {hardware_id!r}, but that ECU is {ecu.hardware_id!r}"
             )
         chosen.append(target_file)
     if len(chosen) != 1:
@@ -86,34 +86,38 @@ def check_agreement(
     if not _TARGET_NAME.fullmatch(name):
         raise VerificationError(f"the Director names an invalid image {name!r}")
     if image_repo is None:
-        raise VerificationError(f"the Image repository has no image {name}")
+        raise VerificationError(
+            f"the Director and the Image repository disagree: the Image repository has no "
+            f"image {name}"
+        )
     if director.length != image_repo.length:
         raise VerificationError(
-            f"{name}: the Director signs a length of {director.length} bytes, the Image "
-            f"repository {image_repo.length} bytes"
+            f"{name}: the Director and the Image repository disagree: the Director signs "
+            f"a length of {director.length} bytes, the Image repository {image_repo.length}"
         )
     if "sha256" not in director.hashes or "sha256" not in image_repo.hashes:
         raise VerificationError(f"{name}: both repositories must sign a sha256 hash")
     for algorithm in sorted(director.hashes.keys() & image_repo.hashes.keys()):
         if director.hashes[algorithm] != image_repo.hashes[algorithm]:
             raise VerificationError(
-                f"{name}: the Director signs {algorithm} {director.hashes[algorithm]}, the "
-                f"Image repository {image_repo.hashes[algorithm]}"
+                f"{name}: the Director and the Image repository disagree: the Director "
+                f"signs {algorithm} {director.hashes[algorithm]}, the Image repository "
+                f"{image_repo.hashes[algorithm]}"
             )
     custom = _custom(image_repo.unrecognized_fields)
     hardware_ids = custom.get("hardware_ids")
     if not isinstance(hardware_ids, list) or hardware_id not in hardware_ids:
         raise VerificationError(
-            f"{name}: the Image repository lists hardware ids {hardware_ids!r}, "
-            f"not this ECU's {hardware_id!r}"
+            f"{name}: wrong hardware id: the Image repository lists hardware ids "
+            f"{hardware_ids!r}, not this ECU's {hardware_id!r}"
         )
     release_counter = custom.get("release_counter")
     if not isinstance(release_counter, int) or isinstance(release_counter, bool):
         raise VerificationError(f"{name}: the Image repository signs no release counter")
     if release_counter < release_counter_floor:
         raise VerificationError(
-            f"{name}: release counter {release_counter} is lower than the installed "
-            f"image's {release_counter_floor} (rollback refused)"
+            f"{name}: rollback attack: release counter {release_counter} is lower than "
+            f"the installed image's {release_counter_floor}; refused"
         )
     return Image(
         target=name,

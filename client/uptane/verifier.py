@@ -29,14 +29,36 @@ from client.uptane.policy import check_agreement, select_director_image
 logger = logging.getLogger(__name__)
 
 _REFUSALS: tuple[tuple[type[Exception], str], ...] = (
-    (tuf_errors.ExpiredMetadataError, "expired (freeze attack, stale relay or wrong clock)"),
-    (tuf_errors.BadVersionNumberError, "older than the vehicle already trusts (rollback)"),
-    (tuf_errors.UnsignedMetadataError, "not signed by enough trusted keys"),
-    (tuf_errors.LengthOrHashMismatchError, "not the file the signed metadata names"),
+    (
+        tuf_errors.ExpiredMetadataError,
+        "freeze attack: the metadata has expired (a stale relay, a replayed file, or a "
+        "wrong clock)",
+    ),
+    (
+        tuf_errors.UnsignedMetadataError,
+        "forged metadata: not signed by a threshold of trusted keys (too few signatures, "
+        "or keys that were rotated out or revoked)",
+    ),
+    (
+        tuf_errors.LengthOrHashMismatchError,
+        "arbitrary software or mix-and-match attack: not the file the signed metadata names",
+    ),
+    (
+        tuf_errors.DownloadLengthMismatchError,
+        "endless data attack: the file is larger than the signed or configured limit",
+    ),
 )
 
 
 def _explain(exc: Exception) -> str:
+    """Name the attack that python-tuf's refusal points at, then its own words."""
+    if isinstance(exc, tuf_errors.BadVersionNumberError):
+        text = str(exc)
+        # A file whose version differs from what the snapshot (or timestamp) names was
+        # mixed from another repository state; a version below the trusted one rolls back.
+        if text.startswith("Expected snapshot") or ", got v" in text:
+            return f"mix-and-match attack: metadata from different versions: {text}"
+        return f"rollback attack: older metadata than the vehicle already trusts: {text}"
     for error_type, meaning in _REFUSALS:
         if isinstance(exc, error_type):
             return f"{meaning}: {exc}"
