@@ -131,8 +131,10 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
         if handler.unary_stream is not None:
             inner_us = cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)
 
-            def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                return guarded_stream(inner_us, request, context)
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                # An async generator function, so grpc.aio streams it as one.
+                async for item in guarded_stream(inner_us, request, context):
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
