@@ -40,6 +40,7 @@ from server.clock import Clock, system_clock
 from server.errors import StaffelError
 from server.logs import configure_logging
 from server.metrics import ServerMetrics
+from server.observability.enginelock import EngineLock
 from server.observability.fleetstate import FleetStateCollector
 from server.observability.signing import observe_signing
 from server.observability.tracing import Tracing, otlp_endpoint
@@ -100,6 +101,7 @@ class StaffelServer:
         self.image_repo = ImageRepository(self.database, keys)
         self.director = Director(self.database, keys, clock=clock)
         self.engine = CampaignEngine(self.database, clock=clock)
+        self.engine_lock = EngineLock(self.database.engine)
         self.image_repo.initialize()
         self.director.initialize()
         self.metrics.registry.register(FleetStateCollector(self.database))
@@ -223,7 +225,11 @@ class StaffelServer:
         """Runs the campaign engine's step on an interval until cancelled."""
         while True:
             try:
-                await asyncio.to_thread(self.engine.step)
+                # Among replicas sharing PostgreSQL, only the lock's holder steps.
+                leading = await asyncio.to_thread(self.engine_lock.hold)
+                self.metrics.engine_leader.set(int(leading))
+                if leading:
+                    await asyncio.to_thread(self.engine.step)
             except Exception:
                 # Logged and retried: one bad step must not stop every campaign for good.
                 log.exception("campaign engine step failed; retrying at the next interval")
@@ -238,6 +244,7 @@ class StaffelServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await asyncio.to_thread(self.engine_lock.release)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._http is not None:

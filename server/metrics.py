@@ -7,7 +7,7 @@ campaign, assignment and wave gauges are read from the shared store at scrape ti
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ServerMetrics:
@@ -45,6 +45,11 @@ class ServerMetrics:
             ["repository", "role"],
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.engine_leader = Gauge(
+            "staffel_engine_leader",
+            "1 while this replica holds the campaign-engine lock and runs its steps, else 0.",
+            registry=self.registry,
         )
         self.image_bytes_received = Counter(
             "staffel_image_bytes_received_total",
