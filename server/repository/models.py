@@ -79,3 +79,23 @@ def lock_vehicle_row(session: Session, vin: str) -> None:
         .values(version=DirectorVehicleState.version)
     )
     session.exec(statement)
+
+
+class ManifestNonce(SQLModel, table=True):
+    """A nonce a vehicle's ECU version report carried: a report that repeats it is a replay."""
+
+    __tablename__ = "repo_manifest_nonce"
+
+    vin: str = Field(primary_key=True, max_length=32)
+    nonce: str = Field(primary_key=True, max_length=128)
+    seen_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class VehicleInventory(SQLModel, table=True):
+    """The last verified vehicle version manifest: the vehicle's software inventory."""
+
+    __tablename__ = "repo_vehicle_inventory"
+
+    vin: str = Field(primary_key=True, max_length=32)
+    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    manifest: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -1,0 +1,119 @@
+"""Vehicle version manifests signed by real ECU keys: verified, replay refused, recorded."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import Key
+from sqlmodel import select
+
+from client.uptane.manifest import EcuKey, ecu_version_report, sign_report, vehicle_manifest
+from server.errors import FailedPreconditionError, InvalidArgumentError, UnauthenticatedError
+from server.repository.manifests import record_manifest, verify_manifest
+from server.repository.models import VehicleInventory
+from server.store import Database
+
+VIN = "WSF00000000000041"
+SHA = "ab" * 32
+
+
+@pytest.fixture
+def ecus(tmp_path: Path) -> dict[str, EcuKey]:
+    return {serial: EcuKey.generate(tmp_path / f"{serial}.key") for serial in ("gw-1", "brk-2")}
+
+
+def registered(ecus: dict[str, EcuKey]) -> dict[str, Key]:
+    return {serial: key.public_key for serial, key in ecus.items()}
+
+
+def manifest(ecus: dict[str, EcuKey], *, nonces: tuple[str, str] | None = None) -> bytes:
+    reports = [
+        sign_report(
+            ecu_version_report(
+                serial, f"{serial}-fw-1.0", 1024, SHA, nonce=nonces[i] if nonces else None
+            ),
+            key,
+        )
+        for i, (serial, key) in enumerate(ecus.items())
+    ]
+    return vehicle_manifest(VIN, "gw-1", reports, ecus["gw-1"])
+
+
+def test_a_manifest_signed_by_each_ecu_is_verified_and_recorded(
+    ecus: dict[str, EcuKey], database: Database
+) -> None:
+    data = manifest(ecus)
+    verified = verify_manifest(data, vin=VIN, ecu_keys=registered(ecus))
+    assert [r.ecu_serial for r in verified.reports] == ["gw-1", "brk-2"]
+    assert verified.reports[1].image_name == "brk-2-fw-1.0"
+    with database.session() as session:
+        record_manifest(session, verified, data, now=datetime.now(UTC))
+    with database.session() as session:
+        [inventory] = session.exec(select(VehicleInventory)).all()
+    assert inventory.vin == VIN
+    assert inventory.manifest == data
+
+
+def test_a_replayed_manifest_with_an_old_nonce_is_refused(
+    ecus: dict[str, EcuKey], database: Database
+) -> None:
+    old = manifest(ecus)
+    keys = registered(ecus)
+    with database.session() as session:
+        record_manifest(
+            session, verify_manifest(old, vin=VIN, ecu_keys=keys), old, now=datetime.now(UTC)
+        )
+    fresh = manifest(ecus)
+    with database.session() as session:
+        record_manifest(
+            session, verify_manifest(fresh, vin=VIN, ecu_keys=keys), fresh, now=datetime.now(UTC)
+        )
+    with (
+        pytest.raises(FailedPreconditionError, match="replayed manifest"),
+        database.session() as session,
+    ):
+        record_manifest(
+            session, verify_manifest(old, vin=VIN, ecu_keys=keys), old, now=datetime.now(UTC)
+        )
+    with database.session() as session:
+        [inventory] = session.exec(select(VehicleInventory)).all()
+    assert inventory.manifest == fresh
+
+
+def test_a_report_not_signed_by_its_ecu_is_refused(ecus: dict[str, EcuKey], tmp_path: Path) -> None:
+    impostor = EcuKey.generate(tmp_path / "impostor.key")
+    forged = manifest({"gw-1": ecus["gw-1"], "brk-2": impostor})
+    with pytest.raises(UnauthenticatedError, match="not signed by ECU brk-2"):
+        verify_manifest(forged, vin=VIN, ecu_keys=registered(ecus))
+
+
+def test_a_tampered_report_is_refused(ecus: dict[str, EcuKey]) -> None:
+    envelope = json.loads(manifest(ecus))
+    envelope["signed"]["ecu_version_reports"][1]["signed"]["installed_image"]["length"] = 1
+    with pytest.raises(UnauthenticatedError, match="brk-2"):
+        verify_manifest(json.dumps(envelope).encode(), vin=VIN, ecu_keys=registered(ecus))
+
+
+def test_unknown_ecus_other_vehicles_and_garbage_are_refused(ecus: dict[str, EcuKey]) -> None:
+    keys = registered(ecus)
+    with pytest.raises(UnauthenticatedError, match="not registered"):
+        verify_manifest(manifest(ecus), vin=VIN, ecu_keys={"gw-1": keys["gw-1"]})
+    with pytest.raises(UnauthenticatedError, match="for vehicle"):
+        verify_manifest(manifest(ecus), vin="WSF00000000000099", ecu_keys=keys)
+    with pytest.raises(InvalidArgumentError, match="malformed"):
+        verify_manifest(b"{}", vin=VIN, ecu_keys=keys)
+    with pytest.raises(InvalidArgumentError, match="bytes"):
+        verify_manifest(b" " * 70_000, vin=VIN, ecu_keys=keys)
+
+
+def test_an_ecu_key_is_never_overwritten(tmp_path: Path) -> None:
+    from client.errors import StateError
+
+    key = EcuKey.generate(tmp_path / "gw.key")
+    assert EcuKey.load(tmp_path / "gw.key").public_key == key.public_key
+    with pytest.raises(StateError, match="cannot create"):
+        EcuKey.generate(tmp_path / "gw.key")
+    assert json.loads(key.public_key_json())["keyid"] == key.public_key.keyid
