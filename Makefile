@@ -8,7 +8,7 @@ LINTED := server client keys
 PROTOC = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto \
 	--python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTOS)
 
-.PHONY: venv tools proto proto-check lint test pytest demo bench bench-full clean
+.PHONY: venv tools boot-tools proto proto-check lint test pytest demo bench bench-full clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ needed (set PYTHON=...)"; exit 1; }
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+## The Debian bootloader tools the client's grub and uboot backends (and tests) drive.
+boot-tools:
+	@sh scripts/install-boot-tools.sh
 
 ## Regenerate the Python code of the gRPC contract (proto/staffel/v1/*_pb2*.py[i]).
 proto: $(STAMP)
@@ -42,7 +46,7 @@ tools:
 	  apt-get update -q && apt-get install -y -q kubernetes-client; } || \
 	  { echo "cannot install kubectl: run 'apt-get install kubernetes-client' as root"; exit 1; }
 
-pytest: $(STAMP) tools
+pytest: $(STAMP) tools boot-tools
 	@sh tests/keys/ensure-softhsm2.sh
 	$(BIN)/python -m pytest
 

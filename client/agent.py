@@ -19,16 +19,16 @@ from pathlib import Path
 from client.config import ClientConfig
 from client.errors import (
     ClientError,
-    DownloadError,
     InstallError,
     ServerError,
     StateError,
+    TransferInterruptedError,
     UpdateError,
-    VerificationError,
 )
-from client.health import run_health_check
+from client.health import HealthResult, check_services, run_health_check
 from client.images import Image, format_size
 from client.install import SlotWriter
+from client.install.space import check_space
 from client.journal import (
     EventKind,
     FailureType,
@@ -38,36 +38,27 @@ from client.journal import (
     Phase,
     UpdateRecord,
     VehicleEvent,
+    failure_type_of,
 )
 from client.link import EcuReport, UpdateOffer, VehicleLink
 from client.slots import (
     BootControl,
     Bootloader,
-    FileBootControl,
+    BootState,
     SimulatedBootloader,
     Slot,
+    SlotInventory,
+    open_boot_control,
     other_slot,
 )
 from client.transfer import ImageDownloader
+from client.uplink import Uplink
 from client.uptane import UptaneVerifier
 
 logger = logging.getLogger(__name__)
 
 REPORT_BATCH = 100  # events per ReportEvents call
-
-_FAILURE_TYPES: tuple[tuple[type[UpdateError], FailureType], ...] = (
-    (DownloadError, FailureType.DOWNLOAD),
-    (VerificationError, FailureType.VERIFICATION),
-    (InstallError, FailureType.INSTALL),
-)
-
-
-def failure_type_of(error: UpdateError) -> FailureType:
-    """Return the reported failure type of an update error."""
-    for error_type, failure_type in _FAILURE_TYPES:
-        if isinstance(error, error_type):
-            return failure_type
-    return FailureType.UNSPECIFIED
+PROGRESS_FILE = "download.json"  # the slot writer's checkpoint, in the state directory
 
 
 @dataclass(frozen=True)
@@ -97,11 +88,12 @@ class Agent:
         self,
         *,
         config: ClientConfig,
-        link: VehicleLink,
+        link: Uplink,
         verifier: UptaneVerifier,
         downloader: ImageDownloader,
         boot_control: BootControl,
         bootloader: Bootloader,
+        inventory: SlotInventory,
         journal: Journal,
         outbox: Outbox,
         say: Callable[[str], None],
@@ -116,6 +108,7 @@ class Agent:
             downloader: Fetches image blobs.
             boot_control: Reads and changes the A/B boot state.
             bootloader: Reboots the vehicle.
+            inventory: Which image each slot holds.
             journal: Where the update in progress stands.
             outbox: Queued events.
             say: Prints one human line (without the VIN prefix).
@@ -127,34 +120,54 @@ class Agent:
         self._downloader = downloader
         self._boot_control = boot_control
         self._bootloader = bootloader
+        self._inventory = inventory
         self._journal = journal
         self._outbox = outbox
         self._say = say
         self._clock = clock
 
     @classmethod
-    def from_config(cls, config: ClientConfig, *, say: Callable[[str], None]) -> Agent:
+    def from_config(
+        cls,
+        config: ClientConfig,
+        *,
+        say: Callable[[str], None],
+        link: Uplink | None = None,
+        repo_url: str | None = None,
+    ) -> Agent:
         """Build an agent with the real parts the config names.
+
+        Args:
+            config: The vehicle's configuration.
+            say: Prints one human line.
+            link: Where check-ins go instead of the configured relay (offline installs).
+            repo_url: Where metadata and images come from instead of the configured ones.
 
         Raises:
             StateError: The state or slot directory cannot be created.
+            ConfigError: The boot-control backend is misconfigured.
         """
-        boot_control = FileBootControl(config.slots.directory)
+        boot_control = open_boot_control(
+            config.slots.backend, directory=config.slots.directory, env=config.slots.env
+        )
         return cls(
             config=config,
-            link=VehicleLink(config.grpc_target, timeout_seconds=config.network_timeout_seconds),
+            link=link
+            or VehicleLink(config.grpc_target, timeout_seconds=config.network_timeout_seconds),
             verifier=UptaneVerifier(
                 state_dir=config.state_dir,
-                repo_url=config.repo_url,
+                repo_url=repo_url or config.repo_url,
                 image_root=config.image_root,
                 director_root=config.director_root,
                 timeout_seconds=config.network_timeout_seconds,
             ),
             downloader=ImageDownloader(
-                config.repo_url, timeout_seconds=config.network_timeout_seconds
+                [repo_url] if repo_url else config.repo_urls,
+                timeout_seconds=config.network_timeout_seconds,
             ),
             boot_control=boot_control,
-            bootloader=SimulatedBootloader(boot_control),
+            bootloader=SimulatedBootloader(boot_control, config.slots.directory),
+            inventory=SlotInventory(config.slots.directory),
             journal=Journal(config.state_dir / "journal.json"),
             outbox=Outbox(config.state_dir / "outbox"),
             say=say,
@@ -176,11 +189,15 @@ class Agent:
         try:
             self._deliver()
             update = self._journal.read().update
-            if update is None or update.phase is Phase.VERIFY:
+            if update is None or update.phase is Phase.VERIFY or self._held(update):
                 next_poll = self._check_in() or next_poll
             else:
                 self._say(f"resuming assignment {update.assignment_id} at step {update.phase}")
             self._advance()
+            update = self._journal.read().update
+            if update is not None and update.install_not_before is not None and self._held(update):
+                opens = (update.install_not_before - self._clock()).total_seconds()
+                next_poll = max(1, min(next_poll, int(opens) + 1)) if opens > 0 else next_poll
             completed = True
         except ServerError as exc:
             self._say(f"cannot reach the server: {exc}")
@@ -194,9 +211,12 @@ class Agent:
             delivered = False
         return CycleResult(completed=completed, delivered=delivered, next_poll_seconds=next_poll)
 
+    def _held(self, record: UpdateRecord) -> bool:
+        return record.phase is Phase.INSTALL and not record.in_window(self._clock())
+
     def _check_in(self) -> int:
         state = self._journal.read()
-        active_image = self._boot_control.read_state().active_image
+        active_image = self._inventory.read()[self._boot_control.read_state().committed]
         primary = self._config.primary_ecu
         ecus = [
             EcuReport(
@@ -224,9 +244,24 @@ class Agent:
 
     def _take_offer(self, state: JournalState, offer: UpdateOffer) -> None:
         record = state.update
-        if record is None or record.assignment_id != offer.assignment_id:
+        if record is not None and record.assignment_id == offer.assignment_id:
+            if record.phase is not Phase.VERIFY:
+                # Downloaded and held for its window: the server may have moved the window.
+                self._save(
+                    dataclasses.replace(
+                        record,
+                        install_not_before=offer.install_not_before,
+                        install_not_after=offer.install_not_after,
+                    )
+                )
+                return
+        else:
             record = UpdateRecord(
-                assignment_id=offer.assignment_id, attempt=str(uuid.uuid4()), phase=Phase.VERIFY
+                assignment_id=offer.assignment_id,
+                attempt=str(uuid.uuid4()),
+                phase=Phase.VERIFY,
+                install_not_before=offer.install_not_before,
+                install_not_after=offer.install_not_after,
             )
             self._journal.write(dataclasses.replace(state, update=record))
         self._emit(record, EventKind.CHECKED_IN)
@@ -254,7 +289,16 @@ class Agent:
             Phase.ROLLBACK: self._roll_back,
         }
         while (record := self._journal.read().update) is not None and record.slot is not None:
+            if self._held(record):
+                self._say(
+                    f"holding the install of {_image_of(record).target} until the "
+                    f"maintenance window ({record.window_text()})"
+                )
+                return
             steps[record.phase](record, record.slot)
+
+    def _slot_path(self, slot: Slot) -> Path:
+        return self._config.slots.directory / f"{slot}.img"
 
     def _download(self, record: UpdateRecord, slot: Slot) -> None:
         image = _image_of(record)
@@ -265,47 +309,81 @@ class Agent:
                     f"slot {slot} cannot take an image: slot {state.committed} is active and "
                     f"slot {state.trying or '-'} is being tried; finish that update first"
                 )
-            with SlotWriter(Path(self._boot_control.slot_path(slot)), image) as writer:
-                self._downloader.download(image, writer)
+            # The slot's content is untrusted from the first byte written until finish().
+            self._inventory.record(slot, None)
+            path = self._slot_path(slot)
+            check_space(path, image.length)
+            progress = self._config.state_dir / PROGRESS_FILE
+            with SlotWriter(path, image, progress_path=progress) as writer:
+                try:
+                    self._downloader.download(image, writer)
+                finally:
+                    writer.checkpoint()
                 writer.finish()
+        except TransferInterruptedError:
+            raise  # the journal stays at this step; the next cycle resumes the download
         except UpdateError as exc:
             self._fail(record, exc)
             return
+        self._inventory.record(slot, image)
         self._emit(record, EventKind.DOWNLOADED, slot=slot)
+        logger.info(
+            "fetched %d bytes in %d requests",
+            self._downloader.bytes_fetched,
+            self._downloader.requests,
+        )
         self._say(f"downloaded {image.target} ({format_size(image.length)})")
         self._emit(record, EventKind.VERIFIED, slot=slot)
         self._say(f"verified {image.target} (Director and Image repository agree)")
         self._save(record.advance(Phase.INSTALL))
 
     def _install(self, record: UpdateRecord, slot: Slot) -> None:
-        self._boot_control.set_next(slot, self._config.slots.max_tries, _image_of(record))
+        if self._inventory.read()[slot] != _image_of(record):
+            raise StateError(
+                f"slot {slot} does not hold the verified {_image_of(record).target}; "
+                "move the journal aside to drop this update"
+            )
+        boot_id = self._bootloader.boot_id()
+        self._boot_control.set_next(slot, self._config.slots.max_tries)
         self._emit(record, EventKind.INSTALLED, slot=slot)
         self._say(f"installed into slot {slot}")
-        self._save(record.advance(Phase.REBOOT))
+        self._save(record.advance(Phase.REBOOT, boot_id=boot_id))
 
     def _reboot(self, record: UpdateRecord, slot: Slot) -> None:
-        booted = self._bootloader.reboot()
+        if self._bootloader.boot_id() != record.boot_id:
+            booted = self._boot_control.read_state().booted  # it booted since we asked
+        else:
+            booted = self._bootloader.reboot()
         self._emit(record, EventKind.REBOOTED, slot=booted)
         self._say(f"rebooted into slot {booted}")
         self._save(record.advance(Phase.HEALTH, booted=booted))
 
+    def _fell_back(self, record: UpdateRecord, slot: Slot, state: BootState) -> bool:
+        """Report a fallback when the bootloader no longer runs ``slot`` on trial."""
+        if state.committed == slot or (state.trying == slot and state.booted == slot):
+            return False
+        # The bootloader ran out of tries and already fell back: never commit.
+        self._boot_control.mark_bad(slot)
+        self._inventory.record(slot, None)
+        self._emit(
+            record,
+            EventKind.ROLLED_BACK,
+            slot=state.booted,
+            failure_type=FailureType.ROLLED_BACK,
+            detail=f"slot {slot} did not boot; the bootloader fell back to slot {state.booted}",
+        )
+        self._say(f"rolled back to slot {state.booted}")
+        self._finish()
+        return True
+
     def _check_health(self, record: UpdateRecord, slot: Slot) -> None:
-        if record.booted != slot:
-            # The bootloader ran out of tries and already fell back: never commit.
-            self._boot_control.mark_bad(slot)
-            self._emit(
-                record,
-                EventKind.ROLLED_BACK,
-                slot=record.booted or "",
-                failure_type=FailureType.ROLLED_BACK,
-                detail=f"slot {slot} did not boot; the bootloader fell back to "
-                f"slot {record.booted}",
-            )
-            self._say(f"rolled back to slot {record.booted}")
-            self._finish()
+        state = self._boot_control.read_state()
+        if self._fell_back(record, slot, state):
             return
-        health = self._config.health
-        result = run_health_check(health.command, health.timeout_seconds)
+        if state.committed == slot:  # committed before a power cut
+            self._save(record.advance(Phase.COMMIT))
+            return
+        result = self._health(record, slot)
         if result.healthy:
             self._emit(record, EventKind.HEALTHY, slot=slot)
             self._say("healthy")
@@ -321,7 +399,21 @@ class Agent:
         self._say(f"health failed: {result.reason}")
         self._save(record.advance(Phase.ROLLBACK))
 
+    def _health(self, record: UpdateRecord, slot: Slot) -> HealthResult:
+        if self._inventory.read()[slot] != _image_of(record):
+            return HealthResult(healthy=False, reason=f"slot {slot} lost its image record")
+        health = self._config.health
+        result = check_services(health.services)
+        for command in health.all_commands:
+            if not result.healthy:
+                break
+            result = run_health_check(command, health.timeout_seconds)
+        return result
+
     def _commit(self, record: UpdateRecord, slot: Slot) -> None:
+        state = self._boot_control.read_state()
+        if self._fell_back(record, slot, state):
+            return
         self._boot_control.mark_good()
         self._emit(record, EventKind.COMMITTED, slot=slot)
         self._say(f"committed slot {slot}")
@@ -329,7 +421,10 @@ class Agent:
 
     def _roll_back(self, record: UpdateRecord, slot: Slot) -> None:
         self._boot_control.mark_bad(slot)
-        booted = self._bootloader.reboot()
+        self._inventory.record(slot, None)
+        booted = self._boot_control.read_state().booted
+        if booted == slot:
+            booted = self._bootloader.reboot()
         self._emit(
             record,
             EventKind.ROLLED_BACK,

@@ -15,7 +15,7 @@ from client.errors import ConfigError
 
 _VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _HOST_PORT = re.compile(r"\S+:\d{1,5}")
-_SLOT_BACKENDS = ("file",)
+_SLOT_BACKENDS = ("file", "grub", "uboot")
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,17 @@ class SlotsConfig:
     """A/B boot control.
 
     Attributes:
-        backend: The boot-control backend; ``file`` keeps the slots as files.
-        directory: Where the ``file`` backend keeps ``A.img``, ``B.img`` and ``bootstate.json``.
+        backend: The boot-control backend: ``file`` (a JSON state file, for simulations),
+            ``grub`` (a GRUB environment block) or ``uboot`` (a U-Boot environment).
+        directory: Where the slots ``A.img`` and ``B.img`` (files, or symlinks to the
+            partitions), the slot inventory and the ``file`` backend's state live.
+        env: The GRUB environment block (``grub``) or the ``fw_env.config`` (``uboot``).
         max_tries: Boots the bootloader tries a new slot before it falls back (1 to 10).
     """
 
     backend: str
     directory: Path
+    env: Path | None = None
     max_tries: int = 3
 
 
@@ -52,13 +56,29 @@ class SlotsConfig:
 class HealthConfig:
     """The health check run after booting a new slot.
 
+    Besides the built-in checks (the boot state is sane: the new slot booted and holds
+    the verified image), every configured command must exit 0 within its timeout and
+    every listed service must be running.
+
     Attributes:
-        command: The program and its arguments (no shell unless the command names one).
-        timeout_seconds: How long the check may run before it counts as failed (1 to 3600).
+        command: The program and its arguments (no shell unless the command names one),
+            empty for none.
+        timeout_seconds: How long each command may run before it counts as failed
+            (1 to 3600).
+        commands: Further commands, each checked like ``command``.
+        services: Services that must be running (systemd units where systemd runs,
+            otherwise process names).
     """
 
-    command: tuple[str, ...]
+    command: tuple[str, ...] = ()
     timeout_seconds: int = 30
+    commands: tuple[tuple[str, ...], ...] = ()
+    services: tuple[str, ...] = ()
+
+    @property
+    def all_commands(self) -> tuple[tuple[str, ...], ...]:
+        """Every configured command, ``command`` first."""
+        return ((self.command,) if self.command else ()) + self.commands
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,8 @@ class ClientConfig:
         vin: The vehicle identification number (17 characters).
         grpc_target: The relay's (or central server's) gRPC endpoint, ``host:port``.
         repo_url: The relay's (or central server's) HTTP base URL.
+        fallback_repo_url: The central server's HTTP base URL, used for image downloads
+            when the site relay (``repo_url``) fails; empty for none.
         state_dir: Where the journal, the event outbox and the TUF metadata caches live.
         image_root: The Image repository root metadata pinned at provisioning.
         director_root: The Director repository root metadata pinned at provisioning.
@@ -90,6 +112,14 @@ class ClientConfig:
     health: HealthConfig
     poll_interval_seconds: int = 60
     network_timeout_seconds: int = 30
+    fallback_repo_url: str = ""
+
+    @property
+    def repo_urls(self) -> tuple[str, ...]:
+        """Where images are downloaded from, in order of preference."""
+        return (
+            (self.repo_url, self.fallback_repo_url) if self.fallback_repo_url else (self.repo_url,)
+        )
 
     @property
     def primary_ecu(self) -> EcuConfig:
@@ -131,9 +161,7 @@ def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
     grpc_target = _string(raw, "grpc_target")
     if not _HOST_PORT.fullmatch(grpc_target):
         raise ConfigError(f"'grpc_target' must be host:port; got {grpc_target!r}")
-    repo_url = _string(raw, "repo_url").rstrip("/")
-    if not repo_url.startswith(("http://", "https://")):
-        raise ConfigError(f"'repo_url' must start with http:// or https://; got {repo_url!r}")
+    repo_url = _url(raw, "repo_url")
     return ClientConfig(
         vin=vin,
         grpc_target=grpc_target,
@@ -146,7 +174,15 @@ def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
         health=_health(_table(raw, "health")),
         poll_interval_seconds=_integer(raw, "poll_interval_seconds", 60, 10, 86400),
         network_timeout_seconds=_integer(raw, "network_timeout_seconds", 30, 1, 600),
+        fallback_repo_url=_url(raw, "fallback_repo_url") if "fallback_repo_url" in raw else "",
     )
+
+
+def _url(raw: dict[str, Any], key: str) -> str:
+    url = _string(raw, key).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"'{key}' must start with http:// or https://; got {url!r}")
+    return url
 
 
 def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
@@ -179,25 +215,44 @@ def _slots(raw: dict[str, Any], base: Path) -> SlotsConfig:
     backend = _string(raw, "backend", "slots.")
     if backend not in _SLOT_BACKENDS:
         raise ConfigError(f"'slots.backend' must be one of {_SLOT_BACKENDS}; got {backend!r}")
+    if backend != "file" and "env" not in raw:
+        raise ConfigError(f"'slots.env' is required for the {backend} backend")
     return SlotsConfig(
         backend=backend,
         directory=_path(raw, "directory", base, "slots."),
+        env=_path(raw, "env", base, "slots.") if "env" in raw else None,
         max_tries=_integer(raw, "max_tries", 3, 1, 10, prefix="slots."),
     )
 
 
 def _health(raw: dict[str, Any]) -> HealthConfig:
-    command = raw.get("command")
-    if (
-        not isinstance(command, list)
-        or not command
-        or not all(isinstance(part, str) and part for part in command)
+    command = _command(raw["command"], "health.command") if "command" in raw else ()
+    commands = raw.get("commands", [])
+    services = raw.get("services", [])
+    if not isinstance(commands, list):
+        raise ConfigError("'health.commands' must be a list of commands")
+    if not isinstance(services, list) or not all(
+        isinstance(name, str) and name for name in services
     ):
-        raise ConfigError("'health.command' must be a non-empty list of non-empty strings")
+        raise ConfigError("'health.services' must be a list of non-empty strings")
     return HealthConfig(
-        command=tuple(command),
+        command=command,
         timeout_seconds=_integer(raw, "timeout_seconds", 30, 1, 3600, prefix="health."),
+        commands=tuple(
+            _command(entry, f"health.commands[{index}]") for index, entry in enumerate(commands)
+        ),
+        services=tuple(services),
     )
+
+
+def _command(value: Any, key: str) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(part, str) and part for part in value)
+    ):
+        raise ConfigError(f"'{key}' must be a non-empty list of non-empty strings")
+    return tuple(value)
 
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:

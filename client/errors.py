@@ -9,6 +9,7 @@ the boundary where they occur, so the agent only ever handles the tree below::
     ├── ServerError            the server (or relay) could not be reached or refused a call
     └── UpdateError            an update failed before the boot state changed
         ├── DownloadError      the image or metadata could not be fetched completely
+        │   └── TransferInterruptedError  the network failed mid-way; the download resumes later
         ├── VerificationError  Uptane verification or the image hash check failed
         └── InstallError       the image could not be written into the inactive slot
 """
@@ -38,6 +39,10 @@ class UpdateError(ClientError):
 
 class DownloadError(UpdateError):
     """An image or a metadata file could not be fetched completely."""
+
+
+class TransferInterruptedError(DownloadError):
+    """The network failed during a download; what arrived is kept and the next try resumes."""
 
 
 class VerificationError(UpdateError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -45,10 +46,14 @@ class UpdateOffer:
     Attributes:
         assignment_id: The assignment the vehicle's events belong to.
         director: The vehicle's signed Director metadata.
+        install_not_before: The maintenance window opens (None: no window).
+        install_not_after: The maintenance window closes (None: no window).
     """
 
     assignment_id: str
     director: DirectorMetadata
+    install_not_before: datetime | None = None
+    install_not_after: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ class VehicleLink:
                     snapshot=director.snapshot,
                     targets=director.targets,
                 ),
+                install_not_before=_window_edge(response.update, "install_not_before"),
+                install_not_after=_window_edge(response.update, "install_not_after"),
             )
         return CheckInAnswer(offer=offer, next_poll_seconds=response.next_poll_seconds)
 
@@ -133,6 +140,13 @@ class VehicleLink:
                 f"{self._target} acknowledged {acknowledged} of {len(events)} events; "
                 "they stay queued"
             )
+
+
+def _window_edge(offer: vehicle_pb2.UpdateOffer, field: str) -> datetime | None:
+    if not offer.HasField(field):  # type: ignore[arg-type]
+        return None
+    edge: Timestamp = getattr(offer, field)
+    return edge.ToDatetime(tzinfo=UTC)
 
 
 def _to_proto(event: VehicleEvent) -> vehicle_pb2.VehicleEvent:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from client.journal.events import EventKind, FailureType, VehicleEvent
+from client.journal.events import EventKind, FailureType, VehicleEvent, failure_type_of
 from client.journal.journal import Journal, JournalState, Phase, UpdateRecord
 from client.journal.outbox import Outbox
 
@@ -15,4 +15,5 @@ __all__ = [
     "Phase",
     "UpdateRecord",
     "VehicleEvent",
+    "failure_type_of",
 ]

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from client.errors import DownloadError, InstallError, UpdateError, VerificationError
+
 MAX_DETAIL_CHARS = 1024
 
 
@@ -35,6 +37,21 @@ class FailureType(StrEnum):
     HEALTH = "HEALTH"
     ROLLED_BACK = "ROLLED_BACK"
     TIMED_OUT = "TIMED_OUT"
+
+
+_FAILURE_TYPES: tuple[tuple[type[UpdateError], FailureType], ...] = (
+    (DownloadError, FailureType.DOWNLOAD),
+    (VerificationError, FailureType.VERIFICATION),
+    (InstallError, FailureType.INSTALL),
+)
+
+
+def failure_type_of(error: UpdateError) -> FailureType:
+    """Return the reported failure type of an update error."""
+    for error_type, failure_type in _FAILURE_TYPES:
+        if isinstance(error, error_type):
+            return failure_type
+    return FailureType.UNSPECIFIED
 
 
 @dataclass(frozen=True)

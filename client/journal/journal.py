@@ -11,6 +11,7 @@ import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class UpdateRecord:
         image: The verified image (from the download step on).
         slot: The slot the image goes into (from the download step on).
         booted: The slot that came up after the reboot (from the health step on).
+        boot_id: The boot id when the reboot was asked for: a different one after a
+            restart means the vehicle already booted since.
+        install_not_before: The maintenance window opens (None: no window).
+        install_not_after: The maintenance window closes (None: no window).
     """
 
     assignment_id: str
@@ -55,6 +60,22 @@ class UpdateRecord:
     image: Image | None = None
     slot: Slot | None = None
     booted: Slot | None = None
+    boot_id: str = ""
+    install_not_before: datetime | None = None
+    install_not_after: datetime | None = None
+
+    def in_window(self, now: datetime) -> bool:
+        """Whether the install may run at ``now`` (always, without a window)."""
+        if self.install_not_before is not None and now < self.install_not_before:
+            return False
+        return self.install_not_after is None or now <= self.install_not_after
+
+    def window_text(self) -> str:
+        """The maintenance window for people, e.g. ``2026-01-05 22:00 to 04:00 UTC``."""
+        start, end = self.install_not_before, self.install_not_after
+        opens = "any time" if start is None else f"{start:%Y-%m-%d %H:%M}"
+        closes = "open end" if end is None else f"{end:%Y-%m-%d %H:%M}"
+        return f"{opens} to {closes} UTC"
 
     def advance(self, phase: Phase, **changes: Any) -> UpdateRecord:
         """Return the record at ``phase``, with ``changes`` applied."""
@@ -73,6 +94,9 @@ class UpdateRecord:
             "image": None if self.image is None else self.image.to_json(),
             "slot": self.slot,
             "booted": self.booted,
+            "boot_id": self.boot_id,
+            "install_not_before": _time_json(self.install_not_before),
+            "install_not_after": _time_json(self.install_not_after),
         }
 
     @classmethod
@@ -96,9 +120,24 @@ class UpdateRecord:
                 image=None if data.get("image") is None else Image.from_json(data["image"]),
                 slot=slot,
                 booted=booted,
+                boot_id=str(data.get("boot_id", "")),
+                install_not_before=_time(data.get("install_not_before")),
+                install_not_after=_time(data.get("install_not_after")),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"an update record field is missing or invalid: {exc}") from exc
+
+
+def _time_json(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("a time must be an ISO 8601 string")
+    return datetime.fromisoformat(value)
 
 
 @dataclass(frozen=True)

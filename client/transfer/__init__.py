@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from client.transfer.download import ChunkSink, ImageDownloader
+from client.transfer.download import ImageDownloader, ResumableSink, RetryPolicy
 
-__all__ = ["ChunkSink", "ImageDownloader"]
+__all__ = ["ImageDownloader", "ResumableSink", "RetryPolicy"]

@@ -16,7 +16,7 @@ from staffel.v1 import vehicle_pb2
 from client.images import Image
 from client.journal import Journal, JournalState, Phase, UpdateRecord
 from client.main import main
-from client.slots import FileBootControl, SimulatedBootloader
+from client.slots import FileBootControl, SimulatedBootloader, SlotInventory
 from tests.client.support import (
     FACTORY_IMAGE,
     HARDWARE_ID,
@@ -141,7 +141,8 @@ def test_a_failed_health_check_rolls_back_to_the_old_slot(
     assert vehicle.slot("A") == FACTORY_IMAGE
     state = _boot_state(vehicle)
     assert (state["committed"], state["booted"], state["trying"]) == ("A", "A", None)
-    assert state["images"] == {"A": None, "B": None}
+    inventory = json.loads((vehicle.slots_dir / "slots.json").read_text())
+    assert inventory == {"A": None, "B": None}
     assert _lines(capsys.readouterr().out)[-4:] == [
         "rebooted into slot B",
         "health failed: exit status 1",
@@ -242,10 +243,19 @@ def test_a_slot_that_never_booted_is_reported_rolled_back_and_never_committed(
     # "reboot", the boot state has no try left, so the bootloader falls back to A.
     image = Image(target="app-1.1", length=3, sha256="ab" * 32, release_counter=4)
     boot_control = FileBootControl(vehicle.slots_dir)
-    boot_control.set_next("B", 1, image)
-    SimulatedBootloader(boot_control).reboot()
+    SlotInventory(vehicle.slots_dir).record("B", image)
+    boot_control.set_next("B", 1)
+    bootloader = SimulatedBootloader(boot_control, vehicle.slots_dir)
+    boot_id = bootloader.boot_id()
+    bootloader.reboot()  # B comes up and spends its only try: power cut
+    bootloader.reboot()  # no try left: the bootloader falls back to A
     record = UpdateRecord(
-        assignment_id="7", attempt=str(uuid.uuid4()), phase=Phase.REBOOT, image=image, slot="B"
+        assignment_id="7",
+        attempt=str(uuid.uuid4()),
+        phase=Phase.REBOOT,
+        image=image,
+        slot="B",
+        boot_id=boot_id,
     )
     Journal(vehicle.state_dir / "journal.json").write(JournalState(update=record))
 

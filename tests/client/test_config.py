@@ -77,7 +77,7 @@ def test_invalid_toml_is_reported(config_path: Path) -> None:
         ("poll_interval_seconds = 60", "poll_interval_seconds = 1", "from 10 to 86400; got 1"),
         ("poll_interval_seconds = 60", 'poll_interval_seconds = "60"', "must be an integer"),
         ("max_tries = 3", "max_tries = 0", "'slots.max_tries' must be an integer from 1 to 10"),
-        ('backend = "file"', 'backend = "uboot"', "'slots.backend' must be one of"),
+        ('backend = "file"', 'backend = "lilo"', "'slots.backend' must be one of"),
         ('command = ["/bin/true"]', "command = []", "'health.command' must be a non-empty"),
         ('command = ["/bin/true"]', 'command = "/bin/true"', "'health.command' must be"),
         ("primary = true", "primary = false", "exactly one \\[\\[ecus\\]\\] entry"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from client.slots.filebackend import FileBootControl
+from client.slots import FileBootControl, SlotInventory
 from tests.scenarios.installation import FACTORY_IMAGE, Installation
 
 HEALTHY_VIN = "WSF00000000000011"
@@ -26,8 +26,9 @@ def test_one_vehicle_commits_and_one_rolls_back(installation: Installation) -> N
     assert (state.committed, state.booted, state.trying) == ("B", "B", None)
     slot_b = (healthy.slots / "B.img").read_bytes()
     assert slot_b[: len(installation.image)] == installation.image
-    assert state.images["B"] is not None
-    assert state.images["B"].sha256 == hashlib.sha256(installation.image).hexdigest()
+    slot_images = SlotInventory(healthy.slots).read()
+    assert slot_images["B"] is not None
+    assert slot_images["B"].sha256 == hashlib.sha256(installation.image).hexdigest()
 
     # The broken vehicle fell back to slot A, whose factory image is untouched.
     state = FileBootControl(broken.slots).read_state()
