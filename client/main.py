@@ -1,4 +1,9 @@
-"""``staffel-client --config FILE [--once]``: the vehicle's update agent.
+"""``staffel-client --config FILE [--once | status | check | install --offline DIR]``.
+
+The vehicle's update agent: a daemon by default (poll interval from the server, jitter,
+backoff), or one-shot commands for a technician: ``status`` prints the boot state, the
+slots and the update in progress; ``check`` runs one cycle now (like ``--once``);
+``install --offline DIR`` installs the update in DIR, verified like one from the network.
 
 Exit codes: 0 when the cycle (``--once``) completed and every event was delivered, or when
 the daemon stopped on SIGTERM; 1 on a config error or when a cycle left work or events
@@ -23,6 +28,7 @@ from client.config import ClientConfig, load_config
 from client.errors import ClientError
 from client.logs import configure_logging
 from client.metrics import ClientMetrics
+from client.technician import install_offline, status_lines
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="write metrics here after each cycle (node-exporter textfile, e.g. .../staffel.prom)",
     )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("status", help="print the boot state, slots and update in progress")
+    commands.add_parser("check", help="check in and run the update cycle now")
+    install = commands.add_parser("install", help="install an update from a folder")
+    install.add_argument("--offline", required=True, type=Path, help="the update folder")
     args = parser.parse_args(argv)
     configure_logging(args.log_format, os.environ.get("STAFFEL_LOG_LEVEL", "WARNING"))
     try:
@@ -61,13 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.vin}: {line}", flush=True)
 
     try:
+        if args.command == "status":
+            for line in status_lines(config):
+                say(line)
+            return 0
+        if args.command == "install":
+            return install_offline(config, args.offline, say)
         agent = Agent.from_config(config, say=say)
     except ClientError as exc:
         print(f"staffel-client: {exc}", file=sys.stderr)
         return 1
     metrics = None if args.metrics_file is None else ClientMetrics(args.metrics_file, config.vin)
     try:
-        if args.once:
+        if args.once or args.command == "check":
             result = agent.run_cycle()
             _record(metrics, result, result.next_poll_seconds)
             return 0 if result.ok else 1
