@@ -98,12 +98,17 @@ def wait_for_one_leader(replicas: list[Service]) -> Service:
 
 
 def lock_holders(postgres_url: str) -> int:
-    """Backends holding the engine's advisory lock (a bigint key: classid high, objid low)."""
+    """Backends holding the engine's advisory lock in the test's own database.
+
+    A bigint key shows as classid (high half) and objid (low half); advisory locks are
+    per database, and other databases on this server may hold the same key.
+    """
     url = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(url, autocommit=True) as connection:
         row = connection.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = %s AND objid = %s AND objsubid = 1",
+            " AND classid = %s AND objid = %s AND objsubid = 1"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (ENGINE_LOCK_KEY >> 32, ENGINE_LOCK_KEY & 0xFFFFFFFF),
         ).fetchone()
     assert row is not None
