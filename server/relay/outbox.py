@@ -96,8 +96,14 @@ class Outbox:
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
+            done = asyncio.ensure_future(asyncio.to_thread(work, self._db))
             try:
-                return await asyncio.to_thread(work, self._db)
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # The thread still uses the connection: hold the lock until it is finished,
+                # so that close() never closes the connection under it.
+                await asyncio.wait([done])
+                raise
             except sqlite3.Error as exc:
                 raise CacheError(f"the relay's queue {self._path} failed: {exc}") from exc
 
