@@ -87,6 +87,7 @@ class Relay:
         self._addresses: RelayAddresses | None = None
         self._cache: ContentCache | None = None
         self._uplink: EventUplink | None = None
+        self._stager: Stager | None = None
 
     @classmethod
     def from_config(
@@ -159,9 +160,11 @@ class Relay:
             self._own_task(resources, uplink.run(), "event uplink")
             policy = SitePolicy(site=config.site, enforced=config.tls is not None)
             mirror = SiteMirror(config=config, cache=cache, upstream=upstream, metrics=self.metrics)
+            self._stager = Stager(
+                config=config, mirror=mirror, channel=channel, metrics=self.metrics
+            )
             if config.staging_interval > 0:
-                stager = Stager(config=config, mirror=mirror, channel=channel, metrics=self.metrics)
-                self._own_task(resources, stager.run(), "staging")
+                self._own_task(resources, self._stager.run(), "staging")
             http = await self._serve_http(
                 resources, create_app(mirror=mirror, metrics=self.metrics, policy=policy)
             )
@@ -205,6 +208,12 @@ class Relay:
                 await task
 
         resources.push_async_callback(cancel)
+
+    def stager(self) -> Stager:
+        """The started relay's staging loop (``stage_once`` runs one round now)."""
+        if self._stager is None:
+            raise RelayError("the relay is not started; call start() first")
+        return self._stager
 
     async def flush_events(self) -> None:
         """Forwards the queued events now (tests and shutdown); raises when the uplink is down."""
