@@ -36,7 +36,7 @@ from server.relay.access import (
     server_ssl_context,
 )
 from server.relay.cache import ContentCache
-from server.relay.config import ListenAddress, RelayConfig
+from server.relay.config import ListenAddress, RelayConfig, TlsFiles
 from server.relay.errors import ListenError, RelayConfigError, RelayError
 from server.relay.forwarder import VehicleForwarder
 from server.relay.http import create_app
@@ -347,12 +347,35 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-listen", default="127.0.0.1:7002", help="HTTP HOST:PORT")
     parser.add_argument("--ready-file", type=Path, help="written with the bound addresses")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--site", default="", help="the site this relay serves")
+    parser.add_argument("--relay-id", default="", help="this relay's name (staging readiness)")
+    parser.add_argument("--tls-ca", type=Path, help="fleet CA certificate (enables mTLS)")
+    parser.add_argument("--tls-cert", type=Path, help="this relay's certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="this relay's private key (PEM)")
+    parser.add_argument(
+        "--cache-budget-gib", type=float, default=64.0, help="disk budget for blobs, GiB"
+    )
+    parser.add_argument(
+        "--staging-interval", type=float, default=0.0, help="seconds between plan fetches (0: off)"
+    )
+    parser.add_argument(
+        "--resume-window", type=float, default=120.0, help="seconds to resume a cut fetch"
+    )
     parser.add_argument(
         "--otlp-endpoint",
         help="export traces of gRPC calls to this OTLP/gRPC collector "
         "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; unset: no tracing)",
     )
     return parser.parse_args(argv)
+
+
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    given = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not any(given):
+        return None
+    if not all(given):
+        raise RelayConfigError("mTLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    return TlsFiles(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             grpc_listen=ListenAddress.parse(args.grpc_listen, option="--grpc-listen"),
             http_listen=ListenAddress.parse(args.http_listen, option="--http-listen"),
             ready_file=args.ready_file,
+            site=args.site,
+            relay_id=args.relay_id,
+            tls=_tls_files(args),
+            cache_budget_bytes=int(args.cache_budget_gib * 1024**3),
+            staging_interval=args.staging_interval,
+            resume_window=args.resume_window,
         )
     except RelayConfigError as exc:
         print(f"staffel-relay: error: {exc}", file=sys.stderr)
