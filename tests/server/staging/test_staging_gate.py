@@ -23,8 +23,6 @@ from server.store import Database
 if TYPE_CHECKING:
     from tests.server.relay.conftest import UpstreamHTTP
 
-pytest_plugins = ["tests.server.relay.conftest"]
-
 T0 = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 WAIT = timedelta(minutes=30)
 
