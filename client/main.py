@@ -29,6 +29,7 @@ from client.errors import ClientError
 from client.logs import configure_logging
 from client.metrics import ClientMetrics
 from client.technician import install_offline, status_lines
+from client.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +133,24 @@ def _run_daemon(agent: Agent, config: ClientConfig, metrics: ClientMetrics | Non
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    watchdog = Watchdog()
+    watchdog.ready()
     failures = 0
     while not stop.is_set():
-        result = agent.run_cycle()
+        with watchdog.during_cycle():
+            result = agent.run_cycle()
         failures = 0 if result.ok else failures + 1
         delay = next_delay(result, failures=failures, config=config)
         _record(metrics, result, delay)
-        _sleep(stop, delay)
+        _sleep(stop, delay, watchdog)
+    watchdog.stopping()
     return 0
 
 
-def _sleep(stop: threading.Event, seconds: float) -> None:
+def _sleep(stop: threading.Event, seconds: float, watchdog: Watchdog) -> None:
     # The signal may land on a grpc thread, which does not wake a long wait of the main
     # thread; short slices let the Python-level handler run promptly.
     deadline = time.monotonic() + seconds
     while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+        watchdog.ping()
         stop.wait(min(remaining, STOP_POLL_SECONDS))

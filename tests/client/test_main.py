@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +69,35 @@ def test_delays_follow_the_server_with_jitter_and_back_off_on_failures(
     assert 5 <= next_delay(failed, failures=1, config=config) <= 5.5
     assert 20 <= next_delay(failed, failures=3, config=config) <= 22
     assert 60 <= next_delay(failed, failures=30, config=config) <= 66
+
+
+def test_the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(
+    vehicle: Vehicle, vehicle_server: VehicleServer, tmp_path: Path
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    client = Path(sys.executable).with_name("staffel-client")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+    process = subprocess.Popen(
+        [str(client), "--config", str(vehicle.config_path)], stdout=subprocess.DEVNULL, env=env
+    )
+    try:
+        messages = [listener.recv(4096).decode() for _ in range(4)]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
+        listener.close()
+    assert messages[0] == "READY=1"
+    assert messages[1:] == ["WATCHDOG=1"] * 3
+
+
+def test_the_unit_runs_the_daemon_under_a_watchdog() -> None:
+    unit = Path(__file__).parents[2] / "deploy" / "systemd" / "staffel-client.service"
+    lines = unit.read_text().splitlines()
+
+    assert "Type=notify" in lines
+    assert any(line.startswith("WatchdogSec=") for line in lines)
