@@ -319,6 +319,11 @@ class Agent:
                     self._downloader.download(image, writer)
                 finally:
                     writer.checkpoint()
+                    logger.info(
+                        "fetched %d bytes in %d requests",
+                        self._downloader.bytes_fetched,
+                        self._downloader.requests,
+                    )
                 writer.finish()
         except TransferInterruptedError:
             raise  # the journal stays at this step; the next cycle resumes the download
@@ -327,11 +332,6 @@ class Agent:
             return
         self._inventory.record(slot, image)
         self._emit(record, EventKind.DOWNLOADED, slot=slot)
-        logger.info(
-            "fetched %d bytes in %d requests",
-            self._downloader.bytes_fetched,
-            self._downloader.requests,
-        )
         self._say(f"downloaded {image.target} ({format_size(image.length)})")
         self._emit(record, EventKind.VERIFIED, slot=slot)
         self._say(f"verified {image.target} (Director and Image repository agree)")
