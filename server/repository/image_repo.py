@@ -30,6 +30,7 @@ from server.errors import (
     InvalidArgumentError,
     RepositoryError,
 )
+from server.observability.signing import timed_signing
 from server.repository.image_layout import (
     DEFAULT_BIN_BITS,
     ImageTarget,
@@ -355,13 +356,15 @@ class ImageRepository:
         """Signs a delegated role with the online keys ``delegator`` trusts and stores it."""
         role_name = filename.removesuffix(".json")
         role = delegator.get_delegated_role(role_name)
-        data = sign_with(
-            signed,
-            self._keys,
-            keyids=role.keyids,
-            threshold=role.threshold,
-            label=f"image {role_name}",
-        )
+        # Bins are targets metadata: their signing counts as the repository's targets.
+        with timed_signing(REPO, signed.type):
+            data = sign_with(
+                signed,
+                self._keys,
+                keyids=role.keyids,
+                threshold=role.threshold,
+                label=f"image {role_name}",
+            )
         self._store(session, filename, signed, data)
 
     def _load(self, session: Session, snapshot: Snapshot, filename: str) -> Targets:
