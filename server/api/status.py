@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -125,6 +126,20 @@ class ErrorAndMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
+            handler.unary_stream
+        ):
+            # A streaming handler that writes with context.write (e.g. Health.Watch).
+            inner_writer = handler.unary_stream
+
+            async def unary_stream_writer(request: Any, context: Any) -> Any:
+                return await guarded(inner_writer, request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_writer,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -283,3 +283,17 @@ async def test_release_and_campaign_statuses(channel: grpc.aio.Channel) -> None:
         campaigns.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id="nope")),
         "campaign id",
     )
+
+
+async def test_health_watch_streams_through_the_interceptor(channel: grpc.aio.Channel) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stream = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service="staffel.v1.VehicleService"), timeout=1
+    )
+    statuses = []
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for answer in stream:
+            statuses.append(answer.status)
+    assert statuses == [health_pb2.HealthCheckResponse.SERVING]
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
