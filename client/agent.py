@@ -40,7 +40,8 @@ from client.journal import (
     VehicleEvent,
     failure_type_of,
 )
-from client.link import EcuReport, UpdateOffer, VehicleLink
+from client.link import UpdateOffer, VehicleLink
+from client.secondary.coordinator import Secondaries
 from client.slots import (
     BootControl,
     Bootloader,
@@ -97,6 +98,7 @@ class Agent:
         journal: Journal,
         outbox: Outbox,
         say: Callable[[str], None],
+        secondaries: Secondaries,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """Assemble an agent from its parts (see :meth:`from_config`).
@@ -112,6 +114,7 @@ class Agent:
             journal: Where the update in progress stands.
             outbox: Queued events.
             say: Prints one human line (without the VIN prefix).
+            secondaries: The vehicle's secondary ECUs, seen from the primary.
             clock: The current UTC time, for event timestamps.
         """
         self._config = config
@@ -124,6 +127,7 @@ class Agent:
         self._journal = journal
         self._outbox = outbox
         self._say = say
+        self._secondaries = secondaries
         self._clock = clock
 
     @classmethod
@@ -171,11 +175,13 @@ class Agent:
             journal=Journal(config.state_dir / "journal.json"),
             outbox=Outbox(config.state_dir / "outbox"),
             say=say,
+            secondaries=Secondaries(config),
         )
 
     def close(self) -> None:
         """Close the network connections."""
         self._link.close()
+        self._secondaries.close()
         self._downloader.close()
 
     def run_cycle(self) -> CycleResult:
@@ -217,18 +223,7 @@ class Agent:
     def _check_in(self) -> int:
         state = self._journal.read()
         active_image = self._inventory.read()[self._boot_control.read_state().committed]
-        primary = self._config.primary_ecu
-        ecus = [
-            EcuReport(
-                serial=ecu.serial,
-                hardware_id=ecu.hardware_id,
-                installed_sha256=(
-                    active_image.sha256 if ecu is primary and active_image is not None else ""
-                ),
-                primary=ecu.primary,
-            )
-            for ecu in self._config.ecus
-        ]
+        ecus = self._secondaries.ecu_reports(active_image)
         answer = self._link.check_in(self._config.vin, ecus)
         if answer.offer is None:
             if state.update is not None:
@@ -273,6 +268,7 @@ class Agent:
                 ecu=self._config.primary_ecu,
                 release_counter_floor=state.release_counter,
             )
+            self._secondaries.prepare(record.assignment_id, offer.director, self._verifier)
         except UpdateError as exc:
             self._fail(record, exc)
             return
@@ -325,6 +321,7 @@ class Agent:
                         self._downloader.requests,
                     )
                 writer.finish()
+            self._secondaries.download(record.assignment_id, self._downloader)
         except TransferInterruptedError:
             raise  # the journal stays at this step; the next cycle resumes the download
         except UpdateError as exc:
@@ -363,6 +360,7 @@ class Agent:
         if state.committed == slot or (state.trying == slot and state.booted == slot):
             return False
         # The bootloader ran out of tries and already fell back: never commit.
+        self._secondaries.roll_back_all(record.assignment_id)
         self._boot_control.mark_bad(slot)
         self._inventory.record(slot, None)
         self._emit(
@@ -408,18 +406,21 @@ class Agent:
             if not result.healthy:
                 break
             result = run_health_check(command, health.timeout_seconds)
-        return result
+        # Phase one on the secondaries, once the primary itself is healthy.
+        return self._secondaries.try_all(record.assignment_id) if result.healthy else result
 
     def _commit(self, record: UpdateRecord, slot: Slot) -> None:
         state = self._boot_control.read_state()
         if self._fell_back(record, slot, state):
             return
+        self._secondaries.commit_all(record.assignment_id)
         self._boot_control.mark_good()
         self._emit(record, EventKind.COMMITTED, slot=slot)
         self._say(f"committed slot {slot}")
         self._finish(release_counter=_image_of(record).release_counter)
 
     def _roll_back(self, record: UpdateRecord, slot: Slot) -> None:
+        self._secondaries.roll_back_all(record.assignment_id)
         self._boot_control.mark_bad(slot)
         self._inventory.record(slot, None)
         booted = self._boot_control.read_state().booted
@@ -448,6 +449,7 @@ class Agent:
         state = self._journal.read()
         counter = max(state.release_counter, release_counter)
         self._journal.write(JournalState(release_counter=counter, update=None))
+        self._secondaries.finish()
 
     def _emit(
         self,

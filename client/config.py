@@ -13,8 +13,8 @@ from typing import Any
 
 from client.errors import ConfigError
 
-_VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
-_HOST_PORT = re.compile(r"\S+:\d{1,5}")
+VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+HOST_PORT = re.compile(r"\S+:\d{1,5}")
 _SLOT_BACKENDS = ("file", "grub", "uboot")
 
 
@@ -26,11 +26,14 @@ class EcuConfig:
         serial: The ECU's serial, as the Director names it.
         hardware_id: The ECU's hardware id, as images declare it.
         primary: Whether this ECU is the Uptane primary (the gateway running this client).
+        address: Where a secondary's ``SecondaryService`` listens (``host:port`` on the
+            vehicle bus); empty for the primary.
     """
 
     serial: str
     hardware_id: str
     primary: bool = False
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ class ClientConfig:
         )
 
     @property
+    def secondary_ecus(self) -> tuple[EcuConfig, ...]:
+        """The secondary ECUs, each reached at its address."""
+        return tuple(ecu for ecu in self.ecus if not ecu.primary)
+
+    @property
     def primary_ecu(self) -> EcuConfig:
         """The primary ECU (validated to exist exactly once)."""
         return next(ecu for ecu in self.ecus if ecu.primary)
@@ -156,10 +164,10 @@ def load_config(path: Path) -> ClientConfig:
 
 def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
     vin = _string(raw, "vin")
-    if not _VIN.fullmatch(vin):
+    if not VIN.fullmatch(vin):
         raise ConfigError(f"'vin' must be 17 characters A-Z/0-9 without I, O, Q; got {vin!r}")
     grpc_target = _string(raw, "grpc_target")
-    if not _HOST_PORT.fullmatch(grpc_target):
+    if not HOST_PORT.fullmatch(grpc_target):
         raise ConfigError(f"'grpc_target' must be host:port; got {grpc_target!r}")
     repo_url = _url(raw, "repo_url")
     return ClientConfig(
@@ -196,11 +204,15 @@ def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
         primary = entry.get("primary", False)
         if not isinstance(primary, bool):
             raise ConfigError(f"'ecus[{index}].primary' must be true or false")
+        address = entry.get("address", "")
+        if not isinstance(address, str) or (address and not HOST_PORT.fullmatch(address)):
+            raise ConfigError(f"'ecus[{index}].address' must be host:port; got {address!r}")
         ecus.append(
             EcuConfig(
                 serial=_string(entry, "serial", f"ecus[{index}]."),
                 hardware_id=_string(entry, "hardware_id", f"ecus[{index}]."),
                 primary=primary,
+                address=address,
             )
         )
     serials = [ecu.serial for ecu in ecus]
@@ -208,6 +220,12 @@ def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
         raise ConfigError(f"ECU serials must be unique; got {serials}")
     if sum(ecu.primary for ecu in ecus) != 1:
         raise ConfigError("exactly one [[ecus]] entry must have primary = true")
+    for ecu in ecus:
+        if not ecu.primary and not ecu.address:
+            raise ConfigError(
+                f"ECU {ecu.serial} is a secondary: give its 'address' (host:port of its "
+                "SecondaryService on the vehicle bus)"
+            )
     return tuple(ecus)
 
 
@@ -289,3 +307,28 @@ def _existing_file(raw: dict[str, Any], key: str, base: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"'{key}' names {path}, which is not a file")
     return path
+
+
+def string_field(raw: dict[str, Any], key: str) -> str:
+    """A required non-empty string (shared with the secondary's config)."""
+    return _string(raw, key)
+
+
+def path_field(raw: dict[str, Any], key: str, base: Path) -> Path:
+    """A required path, relative to ``base`` (shared with the secondary's config)."""
+    return _path(raw, key, base)
+
+
+def existing_file_field(raw: dict[str, Any], key: str, base: Path) -> Path:
+    """A required path naming an existing file (shared with the secondary's config)."""
+    return _existing_file(raw, key, base)
+
+
+def slots_table(raw: dict[str, Any], base: Path) -> SlotsConfig:
+    """The required ``[slots]`` table (shared with the secondary's config)."""
+    return _slots(_table(raw, "slots"), base)
+
+
+def health_table(raw: dict[str, Any]) -> HealthConfig:
+    """The optional ``[health]`` table (shared with the secondary's config)."""
+    return _health(raw.get("health", {}))
