@@ -224,7 +224,8 @@ class Agent:
         state = self._journal.read()
         active_image = self._inventory.read()[self._boot_control.read_state().committed]
         ecus = self._secondaries.ecu_reports(active_image)
-        answer = self._link.check_in(self._config.vin, ecus)
+        # Signed anew each check-in: every ECU's report carries a fresh nonce.
+        answer = self._link.check_in(self._config.vin, ecus, manifest=self._secondaries.manifest)
         if answer.offer is None:
             if state.update is not None:
                 logger.info("assignment %s was withdrawn", state.update.assignment_id)

@@ -28,12 +28,16 @@ class EcuConfig:
         primary: Whether this ECU is the Uptane primary (the gateway running this client).
         address: Where a secondary's ``SecondaryService`` listens (``host:port`` on the
             vehicle bus); empty for the primary.
+        key_file: The ECU's private key (PEM), made at provisioning, whose public key the
+            server registered; it signs the ECU's version reports. None: a key made on the
+            ECU at first use (a vehicle registered without keys).
     """
 
     serial: str
     hardware_id: str
     primary: bool = False
     address: str = ""
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
         state_dir=_path(raw, "state_dir", base),
         image_root=_existing_file(raw, "image_root", base),
         director_root=_existing_file(raw, "director_root", base),
-        ecus=_ecus(raw),
+        ecus=_ecus(raw, base),
         slots=_slots(_table(raw, "slots"), base),
         health=_health(_table(raw, "health")),
         poll_interval_seconds=_integer(raw, "poll_interval_seconds", 60, 10, 86400),
@@ -193,7 +197,7 @@ def _url(raw: dict[str, Any], key: str) -> str:
     return url
 
 
-def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
+def _ecus(raw: dict[str, Any], base: Path) -> tuple[EcuConfig, ...]:
     entries = raw.get("ecus")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("at least one [[ecus]] entry is required")
@@ -213,6 +217,9 @@ def _ecus(raw: dict[str, Any]) -> tuple[EcuConfig, ...]:
                 hardware_id=_string(entry, "hardware_id", f"ecus[{index}]."),
                 primary=primary,
                 address=address,
+                key_file=_path(entry, "key_file", base, f"ecus[{index}].")
+                if "key_file" in entry
+                else None,
             )
         )
     serials = [ecu.serial for ecu in ecus]

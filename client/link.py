@@ -83,8 +83,15 @@ class VehicleLink:
         """Close the channel."""
         self._channel.close()
 
-    def check_in(self, vin: str, ecus: Sequence[EcuReport]) -> CheckInAnswer:
+    def check_in(
+        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+    ) -> CheckInAnswer:
         """Report what the ECUs run, with a fresh nonce, and learn whether there is work.
+
+        Args:
+            vin: The vehicle.
+            ecus: What each ECU runs.
+            manifest: The vehicle version manifest signed for this check-in.
 
         Raises:
             ServerError: The call failed.
@@ -101,6 +108,7 @@ class VehicleLink:
                 for ecu in ecus
             ],
             nonce=os.urandom(NONCE_BYTES),
+            manifest=manifest,
         )
         try:
             response = self._stub.CheckIn(request, timeout=self._timeout)

@@ -106,7 +106,9 @@ class OfflineLink:
         """Offer ``offer`` at every check-in."""
         self._offer = offer
 
-    def check_in(self, vin: str, ecus: Sequence[EcuReport]) -> CheckInAnswer:
+    def check_in(
+        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+    ) -> CheckInAnswer:
         """Return the folder's offer."""
         return CheckInAnswer(offer=self._offer, next_poll_seconds=0)
 

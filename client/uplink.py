@@ -12,8 +12,10 @@ from client.link import CheckInAnswer, EcuReport
 class Uplink(Protocol):
     """Where check-ins and event reports go: the relay or server, or an offline source."""
 
-    def check_in(self, vin: str, ecus: Sequence[EcuReport]) -> CheckInAnswer:
-        """Report the installed images and learn whether an update is offered."""
+    def check_in(
+        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+    ) -> CheckInAnswer:
+        """Report the installed images (and the signed version manifest); learn the offer."""
         ...
 
     def report_events(self, vin: str, events: Sequence[VehicleEvent]) -> None:

@@ -208,7 +208,9 @@ class Sandbox:
     ) -> VehicleSetup:
         """Registers a vehicle with one gateway ECU and writes its client config.
 
-        The vehicle talks to ``via`` (a relay, or the server itself).
+        The vehicle talks to ``via`` (a relay, or the server itself); ``staffel fleet
+        provision`` makes the gateway's key pair (``ecu-keys/SERIAL.pem``) and registers
+        its public key, and the config names the key file.
         """
         directory = self.root / "vehicles" / vin
         serial = f"gw-{vin[-6:].lower()}"
@@ -230,7 +232,8 @@ class Sandbox:
             "[[ecus]]\n"
             f'serial = "{serial}"\n'
             f'hardware_id = "{hardware_id}"\n'
-            "primary = true\n\n"
+            "primary = true\n"
+            f'key_file = "ecu-keys/{serial}.pem"\n\n'
             "[slots]\n"
             'backend = "file"\n'
             'directory = "slots"\n'

@@ -58,6 +58,8 @@ class Secondaries:
         self._state_path = config.state_dir / STATE_FILE
         self._staging = config.state_dir / STAGING
         self._channels: dict[str, grpc.Channel] = {}
+        # The vehicle version manifest :meth:`ecu_reports` signed last (sent at check-in).
+        self.manifest = b""
 
     def close(self) -> None:
         """Close the channels."""
@@ -243,9 +245,14 @@ class Secondaries:
             reports.append(EcuReport(ecu.serial, ecu.hardware_id, installed, primary=False))
         manifest = vehicle_manifest(self._config.vin, primary.serial, signed, self._key())
         write_atomically(self._config.state_dir / "manifest.json", manifest)
+        self.manifest = manifest
         return reports
 
     def _key(self) -> EcuKey:
+        provisioned = self._config.primary_ecu.key_file
+        if provisioned is not None:
+            # Made at provisioning; the server holds its public key.
+            return EcuKey.load(provisioned)
         path = self._config.state_dir / KEY_FILE
         if not path.exists():
             # Made aside and renamed, so that a power cut never leaves half a key.

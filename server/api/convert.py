@@ -66,6 +66,7 @@ def vehicle_message(vehicle: VehicleRecord) -> fleet_pb2.Vehicle:
                 hardware_id=e.hardware_id,
                 primary=e.primary,
                 installed_sha256=e.installed_sha256,
+                public_key=e.public_key,
             )
             for e in vehicle.ecus
         ],

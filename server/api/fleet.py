@@ -42,7 +42,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             site=request.site,
             tags=list(request.tags),
             ecus=[
-                EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256)
+                EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256, e.public_key)
                 for e in request.ecus
             ],
         )

@@ -17,6 +17,7 @@ from server.errors import InvalidArgumentError
 from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
 from server.repository.director import Director
+from server.repository.manifest_gate import ManifestGate
 from server.store import Database
 
 
@@ -63,7 +64,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         metrics: ServerMetrics,
         poll_seconds: int,
         clock: Clock = system_clock,
+        manifests: ManifestGate | None = None,
     ) -> None:
+        self._manifests = manifests or ManifestGate(database, clock=clock)
         self._clock = clock
         self._database = database
         self._director = director
@@ -76,6 +79,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         ecus = [
             EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
         ]
+        # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
+        manifest = await self._manifests.admit(request.vin, request.manifest, ecus)
+        await asyncio.to_thread(self._manifests.record, manifest)
         result = await asyncio.to_thread(
             check_in,
             self._database,

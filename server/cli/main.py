@@ -25,6 +25,7 @@ from staffel.v1 import (
 )
 
 from keys import cli as keys_cli
+from server.cli.ecu_keys import KeyPlacementError, ecu_public_keys
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -178,8 +179,15 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def fleet_provision(args: argparse.Namespace) -> int:
-    """Registers a vehicle and writes the roots it must pin into --out."""
+    """Registers a vehicle with its ECUs' public keys; writes keys and pinned roots to --out."""
     ecus = [_parse_ecu(text) for text in args.ecu]
+    out = Path(args.out)
+    try:
+        public_keys = ecu_public_keys(out, [ecu.serial for ecu in ecus])
+    except KeyPlacementError as error:
+        raise CliError(str(error)) from error
+    for ecu in ecus:
+        ecu.public_key = public_keys[ecu.serial]
     with _channel(args) as channel:
         answer = fleet_pb2_grpc.FleetServiceStub(channel).ProvisionVehicle(
             fleet_pb2.ProvisionVehicleRequest(
@@ -192,15 +200,13 @@ def fleet_provision(args: argparse.Namespace) -> int:
             ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _write_private(out / "image-root.json", answer.image_root)
     _write_private(out / "director-root.json", answer.director_root)
     _print(
         args,
         answer.vehicle,
         f"provisioned {answer.vehicle.vin} ({answer.vehicle.model}, {len(ecus)} ECU(s)); "
-        f"pinned roots written to {out}",
+        f"ECU keys (ecu-keys/SERIAL.pem) and pinned roots written to {out}",
     )
     return 0
 
@@ -592,7 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ecu", action="append", required=True, help="SERIAL:HARDWARE_ID[:primary], repeatable"
     )
     provision.add_argument(
-        "--out", required=True, help="folder for image-root.json, director-root.json"
+        "--out",
+        required=True,
+        help="the vehicle's folder (outside git): ecu-keys/SERIAL.pem, image-root.json, "
+        "director-root.json",
     )
     provision.add_argument("--region", default="")
     provision.add_argument("--site", default="")

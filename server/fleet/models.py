@@ -36,3 +36,6 @@ class Ecu(SQLModel, table=True):
     hardware_id: str = Field(max_length=64)
     primary: bool = False
     installed_sha256: str = Field(default="", index=True, max_length=64)
+    # The ECU's public key (securesystemslib key JSON), registered at provisioning; it
+    # verifies the ECU's version reports. Empty for a vehicle registered without keys.
+    public_key: str = Field(default="", max_length=1024)

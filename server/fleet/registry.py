@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from securesystemslib.signer import Key, SSlibKey
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -20,6 +22,7 @@ from server.validation import check_name, check_sha256, check_vin
 MAX_ECUS_PER_VEHICLE = 64
 MAX_TAGS_PER_VEHICLE = 32
 MAX_LIST_LIMIT = 10_000
+MAX_PUBLIC_KEY_CHARS = 1024  # an Ed25519 key's JSON takes ~200, ECDSA P-256 ~350
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class EcuSpec:
     hardware_id: str
     primary: bool = False
     installed_sha256: str = ""
+    # securesystemslib key JSON of the ECU's version-report key; empty when not registered.
+    public_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,30 @@ def check_ecus(ecus: Sequence[EcuSpec]) -> None:
         check_name(ecu.serial, "ECU serial")
         check_name(ecu.hardware_id, "hardware id")
         check_sha256(ecu.installed_sha256, "installed image hash")
+        if ecu.public_key:
+            ecu_public_key(ecu.serial, ecu.public_key)
+
+
+def ecu_public_key(serial: str, text: str) -> Key:
+    """The ECU's registered public key parsed from its key JSON.
+
+    Raises:
+        InvalidArgumentError: ``text`` is not an Ed25519 or ECDSA key in securesystemslib's
+            JSON form (``keyid``, ``keytype``, ``scheme``, ``keyval``).
+    """
+    if len(text) > MAX_PUBLIC_KEY_CHARS:
+        raise InvalidArgumentError(f"ECU {serial}: the public key is longer than allowed")
+    try:
+        raw = json.loads(text)
+        keyid = raw.pop("keyid")
+        key = SSlibKey.from_dict(str(keyid), raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InvalidArgumentError(
+            f"ECU {serial}: the public key is not securesystemslib key JSON: {error!r}"
+        ) from error
+    if key.keytype not in ("ed25519", "ecdsa"):
+        raise InvalidArgumentError(f"ECU {serial}: key type {key.keytype!r} is not allowed")
+    return key
 
 
 def check_placement(region: str, site: str, tags: Sequence[str]) -> None:
@@ -132,6 +161,7 @@ def provision_vehicle(
                     hardware_id=ecu.hardware_id,
                     primary=ecu.primary,
                     installed_sha256=ecu.installed_sha256,
+                    public_key=ecu.public_key,
                 )
             )
     return VehicleRecord(
@@ -163,7 +193,10 @@ def _record(vehicle: Vehicle, ecus: Sequence[Ecu]) -> VehicleRecord:
     return VehicleRecord(
         vin=vehicle.vin,
         model=vehicle.model,
-        ecus=tuple(EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in ecus),
+        ecus=tuple(
+            EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256, e.public_key)
+            for e in ecus
+        ),
         last_seen=vehicle.last_seen,
         region=vehicle.region,
         site=vehicle.site,

@@ -4,10 +4,14 @@ A manifest is accepted only when
 
 - the primary ECU's key signed the manifest, and each ECU's own key signed its report;
 - every report names an ECU registered for the vehicle, each at most once;
-- no report repeats a nonce the vehicle used before (a replayed manifest);
+- it is fresh: no report repeats one of the vehicle's last ``RECENT_NONCES`` nonces, and the
+  primary's report is not older than the last accepted one (a replayed manifest fails one
+  of the two);
 
 and then it becomes the vehicle's software inventory (``VehicleInventory``).
-:func:`verify_manifest` is pure; :func:`record_manifest` does the database part.
+:func:`verify_manifest` and :func:`check_fresh` are pure; :func:`record_manifest` does the
+database part. Refusals are ``PermissionDeniedError`` (signature, unknown ECU, replay) or
+``InvalidArgumentError`` (malformed), each naming the ECU or the nonce.
 """
 
 from __future__ import annotations
@@ -16,20 +20,20 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Key, Signature
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, select
 
-from server.errors import FailedPreconditionError, InvalidArgumentError, UnauthenticatedError
-from server.repository.models import ManifestNonce, VehicleInventory
+from server.errors import InvalidArgumentError, PermissionDeniedError
+from server.repository.models import VehicleInventory
 
 MAX_MANIFEST_BYTES: Final = 64 * 1024
-# Nonces are remembered this long; a manifest older than this is refused by its time.
-NONCE_MEMORY: Final = timedelta(days=30)
+# The vehicle's most recent report nonces kept; older replays fail on the report time.
+RECENT_NONCES: Final = 256
 _NONCE: Final = re.compile(r"[0-9a-f]{32,128}")
 
 
@@ -43,15 +47,30 @@ class EcuReport:
     sha256: str
     attack_detected: str
     nonce: str
+    latest_time: datetime
 
 
 @dataclass(frozen=True)
 class VerifiedManifest:
-    """A manifest whose signatures, VIN and ECUs checked out (nonces not yet)."""
+    """A manifest whose signatures, VIN and ECUs checked out (freshness not yet)."""
 
     vin: str
     primary_ecu_serial: str
     reports: tuple[EcuReport, ...]
+    data: bytes = b""
+
+    @property
+    def latest_time(self) -> datetime:
+        """The primary's report time: the manifest's moment."""
+        return next(r.latest_time for r in self.reports if r.ecu_serial == self.primary_ecu_serial)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What the vehicle's next manifest must be fresher than."""
+
+    latest_time: datetime
+    nonces: tuple[str, ...]
 
 
 def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> VerifiedManifest:
@@ -64,7 +83,7 @@ def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> Ve
 
     Raises:
         InvalidArgumentError: The manifest is too large or malformed.
-        UnauthenticatedError: A signature does not verify, or the manifest names another
+        PermissionDeniedError: A signature does not verify, or the manifest names another
             vehicle or an unknown ECU.
     """
     if len(data) > MAX_MANIFEST_BYTES:
@@ -80,7 +99,7 @@ def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> Ve
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidArgumentError(f"the version manifest is malformed: {error!r}") from error
     if manifest_vin != vin:
-        raise UnauthenticatedError(
+        raise PermissionDeniedError(
             f"the version manifest is for vehicle {manifest_vin!r}, not {vin!r}: refused"
         )
     _check_signature(envelope, ecu_keys, primary, "the vehicle version manifest")
@@ -89,51 +108,98 @@ def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> Ve
         raise InvalidArgumentError("the version manifest reports one ECU twice")
     if primary not in serials:
         raise InvalidArgumentError(f"the version manifest has no report of primary {primary}")
-    return VerifiedManifest(vin=vin, primary_ecu_serial=primary, reports=tuple(reports))
+    return VerifiedManifest(vin=vin, primary_ecu_serial=primary, reports=tuple(reports), data=data)
 
 
-def record_manifest(
-    session: Session, manifest: VerifiedManifest, data: bytes, *, now: datetime
-) -> None:
-    """Refuses replayed nonces, remembers the new ones, stores the inventory.
+def check_fresh(manifest: VerifiedManifest, last: Freshness | None) -> Freshness:
+    """Refuses a replayed manifest; returns what the next one must be fresher than.
+
+    Args:
+        manifest: The verified manifest.
+        last: The freshness of the vehicle's last accepted manifest (None: the first).
 
     Raises:
-        FailedPreconditionError: A report carries a nonce the vehicle used before.
+        PermissionDeniedError: A report repeats a recent nonce (or one twice), or the
+            primary's report is older than the last accepted one.
     """
-    nonces = [report.nonce for report in manifest.reports]
-    seen = session.exec(
-        select(ManifestNonce.nonce).where(
-            ManifestNonce.vin == manifest.vin, col(ManifestNonce.nonce).in_(nonces)
+    seen = set(last.nonces) if last is not None else set()
+    for report in manifest.reports:
+        if report.nonce in seen:
+            raise PermissionDeniedError(
+                f"ECU {report.ecu_serial} of {manifest.vin}: nonce {report.nonce} was sent "
+                f"before (a replayed version manifest): refused; a vehicle makes a fresh nonce "
+                f"for every report"
+            )
+        seen.add(report.nonce)
+    if last is not None and manifest.latest_time < last.latest_time:
+        raise PermissionDeniedError(
+            f"ECU {manifest.primary_ecu_serial} of {manifest.vin}: the version report of "
+            f"{manifest.latest_time.isoformat()} is older than the last accepted one "
+            f"({last.latest_time.isoformat()}; a replayed version manifest): refused; check "
+            f"the ECU's clock"
         )
-    ).all()
-    if seen or len(set(nonces)) != len(nonces):
-        raise FailedPreconditionError(
-            f"the version manifest of {manifest.vin} repeats a nonce it sent before "
-            f"(a replayed manifest): refused; a vehicle makes a fresh nonce every check-in"
-        )
-    session.exec(
-        delete(ManifestNonce).where(
-            col(ManifestNonce.vin) == manifest.vin, col(ManifestNonce.seen_at) < now - NONCE_MEMORY
-        )
+    kept = (*(last.nonces if last is not None else ()), *(r.nonce for r in manifest.reports))
+    return Freshness(latest_time=manifest.latest_time, nonces=kept[-RECENT_NONCES:])
+
+
+def stored_freshness(row: VehicleInventory | None) -> Freshness | None:
+    """The freshness an inventory row holds (None: no manifest accepted yet)."""
+    if row is None:
+        return None
+    moment = row.latest_time
+    return Freshness(
+        latest_time=moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC),
+        nonces=tuple(json.loads(row.nonces)),
     )
-    for nonce in nonces:
-        session.add(ManifestNonce(vin=manifest.vin, nonce=nonce, seen_at=now))
-    session.merge(VehicleInventory(vin=manifest.vin, received_at=now, manifest=data))
+
+
+def record_manifest(session: Session, manifest: VerifiedManifest, *, now: datetime) -> Freshness:
+    """Checks freshness against the stored inventory and stores the manifest as the new one.
+
+    The vehicle's inventory row is locked (PostgreSQL) for the transaction, so two server
+    processes cannot both accept one manifest.
+
+    Returns:
+        The vehicle's new freshness.
+
+    Raises:
+        PermissionDeniedError: The manifest is a replay (see :func:`check_fresh`).
+    """
+    row = session.exec(
+        select(VehicleInventory).where(VehicleInventory.vin == manifest.vin).with_for_update()
+    ).first()
+    fresh = check_fresh(manifest, stored_freshness(row))
+    if row is None:
+        row = VehicleInventory(
+            vin=manifest.vin,
+            received_at=now,
+            latest_time=fresh.latest_time,
+            manifest=manifest.data,
+        )
+    row.received_at = now
+    row.latest_time = fresh.latest_time
+    row.nonces = json.dumps(list(fresh.nonces))
+    row.manifest = manifest.data
+    session.add(row)
+    return fresh
 
 
 def _report(entry: Any, ecu_keys: Mapping[str, Key]) -> EcuReport:
     signed = entry["signed"]
     serial = str(signed["ecu_serial"])
     if serial not in ecu_keys:
-        raise UnauthenticatedError(
+        raise PermissionDeniedError(
             f"the version manifest reports ECU {serial!r}, which is not registered for the "
-            f"vehicle (or has no key): register it at provisioning"
+            f"vehicle (or has no key): refused; register the ECU with its key at provisioning"
         )
     _check_signature(entry, ecu_keys, serial, f"the version report of ECU {serial}")
     image = signed["installed_image"]
     nonce = str(signed["nonce"])
     if _NONCE.fullmatch(nonce) is None:
         raise InvalidArgumentError(f"ECU {serial}: the nonce must be 32 to 128 hex digits")
+    moment = datetime.fromisoformat(str(signed["latest_time"]))
+    if moment.tzinfo is None:
+        raise InvalidArgumentError(f"ECU {serial}: latest_time must carry a time zone (Z)")
     return EcuReport(
         ecu_serial=serial,
         image_name=str(image["filename"]),
@@ -141,13 +207,14 @@ def _report(entry: Any, ecu_keys: Mapping[str, Key]) -> EcuReport:
         sha256=str(image["hashes"]["sha256"]),
         attack_detected=str(signed.get("attack_detected", "")),
         nonce=nonce,
+        latest_time=moment.astimezone(UTC),
     )
 
 
 def _check_signature(envelope: Any, keys: Mapping[str, Key], serial: str, what: str) -> None:
     key = keys.get(serial)
     if key is None:
-        raise UnauthenticatedError(f"{what}: ECU {serial!r} has no registered key")
+        raise PermissionDeniedError(f"{what}: ECU {serial!r} has no registered key: refused")
     encoded = encode_canonical(envelope["signed"])
     payload = (encoded or "").encode()
     for raw in envelope.get("signatures", []):
@@ -159,4 +226,4 @@ def _check_signature(envelope: Any, keys: Mapping[str, Key], serial: str, what: 
         except (UnverifiedSignatureError, VerificationError):
             break
         return
-    raise UnauthenticatedError(f"{what} is not signed by ECU {serial}'s registered key: refused")
+    raise PermissionDeniedError(f"{what} is not signed by ECU {serial}'s registered key: refused")

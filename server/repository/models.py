@@ -81,21 +81,18 @@ def lock_vehicle_row(session: Session, vin: str) -> None:
     session.exec(statement)
 
 
-class ManifestNonce(SQLModel, table=True):
-    """A nonce a vehicle's ECU version report carried: a report that repeats it is a replay."""
-
-    __tablename__ = "repo_manifest_nonce"
-
-    vin: str = Field(primary_key=True, max_length=32)
-    nonce: str = Field(primary_key=True, max_length=128)
-    seen_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-
-
 class VehicleInventory(SQLModel, table=True):
-    """The last verified vehicle version manifest: the vehicle's software inventory."""
+    """The last verified vehicle version manifest: the vehicle's software inventory.
+
+    ``latest_time`` (the primary's report time) and ``nonces`` (the most recent report
+    nonces, JSON list) are what a later manifest must be fresher than: a replay repeats a
+    nonce, or is older.
+    """
 
     __tablename__ = "repo_vehicle_inventory"
 
     vin: str = Field(primary_key=True, max_length=32)
     received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    latest_time: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    nonces: str = Field(default="[]", max_length=16_384)
     manifest: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from staffel.v1 import campaign_pb2 as staffel_dot_v1_dot_campaign__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16staffel/v1/fleet.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19staffel/v1/campaign.proto\"U\n\x03\x45\x63u\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x0f\n\x07primary\x18\x03 \x01(\x08\x12\x18\n\x10installed_sha256\x18\x04 \x01(\t\"\xb0\x01\n\x07Vehicle\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04\x65\x63us\x18\x03 \x03(\x0b\x32\x0f.staffel.v1.Ecu\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0c\n\x04site\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\"\x80\x01\n\x17ProvisionVehicleRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04\x65\x63us\x18\x03 \x03(\x0b\x32\x0f.staffel.v1.Ecu\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04site\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\"k\n\x18ProvisionVehicleResponse\x12$\n\x07vehicle\x18\x01 \x01(\x0b\x32\x13.staffel.v1.Vehicle\x12\x12\n\nimage_root\x18\x02 \x01(\x0c\x12\x15\n\rdirector_root\x18\x03 \x01(\x0c\" \n\x11GetVehicleRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\"\"\n\x13ImportVehiclesChunk\x12\x0b\n\x03\x63sv\x18\x01 \x01(\x0c\"*\n\x16ImportVehiclesResponse\x12\x10\n\x08imported\x18\x01 \x01(\r\"Q\n\x13ListVehiclesRequest\x12+\n\x08selector\x18\x01 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\x12\r\n\x05limit\x18\x02 \x01(\r\"L\n\x14ListVehiclesResponse\x12%\n\x08vehicles\x18\x01 \x03(\x0b\x32\x13.staffel.v1.Vehicle\x12\r\n\x05total\x18\x02 \x01(\r2\xdb\x02\n\x0c\x46leetService\x12]\n\x10ProvisionVehicle\x12#.staffel.v1.ProvisionVehicleRequest\x1a$.staffel.v1.ProvisionVehicleResponse\x12@\n\nGetVehicle\x12\x1d.staffel.v1.GetVehicleRequest\x1a\x13.staffel.v1.Vehicle\x12W\n\x0eImportVehicles\x12\x1f.staffel.v1.ImportVehiclesChunk\x1a\".staffel.v1.ImportVehiclesResponse(\x01\x12Q\n\x0cListVehicles\x12\x1f.staffel.v1.ListVehiclesRequest\x1a .staffel.v1.ListVehiclesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16staffel/v1/fleet.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19staffel/v1/campaign.proto\"i\n\x03\x45\x63u\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x0f\n\x07primary\x18\x03 \x01(\x08\x12\x18\n\x10installed_sha256\x18\x04 \x01(\t\x12\x12\n\npublic_key\x18\x05 \x01(\t\"\xb0\x01\n\x07Vehicle\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04\x65\x63us\x18\x03 \x03(\x0b\x32\x0f.staffel.v1.Ecu\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0c\n\x04site\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\"\x80\x01\n\x17ProvisionVehicleRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1d\n\x04\x65\x63us\x18\x03 \x03(\x0b\x32\x0f.staffel.v1.Ecu\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0c\n\x04site\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\"k\n\x18ProvisionVehicleResponse\x12$\n\x07vehicle\x18\x01 \x01(\x0b\x32\x13.staffel.v1.Vehicle\x12\x12\n\nimage_root\x18\x02 \x01(\x0c\x12\x15\n\rdirector_root\x18\x03 \x01(\x0c\" \n\x11GetVehicleRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\"\"\n\x13ImportVehiclesChunk\x12\x0b\n\x03\x63sv\x18\x01 \x01(\x0c\"*\n\x16ImportVehiclesResponse\x12\x10\n\x08imported\x18\x01 \x01(\r\"Q\n\x13ListVehiclesRequest\x12+\n\x08selector\x18\x01 \x01(\x0b\x32\x19.staffel.v1.FleetSelector\x12\r\n\x05limit\x18\x02 \x01(\r\"L\n\x14ListVehiclesResponse\x12%\n\x08vehicles\x18\x01 \x03(\x0b\x32\x13.staffel.v1.Vehicle\x12\r\n\x05total\x18\x02 \x01(\r2\xdb\x02\n\x0c\x46leetService\x12]\n\x10ProvisionVehicle\x12#.staffel.v1.ProvisionVehicleRequest\x1a$.staffel.v1.ProvisionVehicleResponse\x12@\n\nGetVehicle\x12\x1d.staffel.v1.GetVehicleRequest\x1a\x13.staffel.v1.Vehicle\x12W\n\x0eImportVehicles\x12\x1f.staffel.v1.ImportVehiclesChunk\x1a\".staffel.v1.ImportVehiclesResponse(\x01\x12Q\n\x0cListVehicles\x12\x1f.staffel.v1.ListVehiclesRequest\x1a .staffel.v1.ListVehiclesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'staffel.v1.fleet_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ECU']._serialized_start=98
-  _globals['_ECU']._serialized_end=183
-  _globals['_VEHICLE']._serialized_start=186
-  _globals['_VEHICLE']._serialized_end=362
-  _globals['_PROVISIONVEHICLEREQUEST']._serialized_start=365
-  _globals['_PROVISIONVEHICLEREQUEST']._serialized_end=493
-  _globals['_PROVISIONVEHICLERESPONSE']._serialized_start=495
-  _globals['_PROVISIONVEHICLERESPONSE']._serialized_end=602
-  _globals['_GETVEHICLEREQUEST']._serialized_start=604
-  _globals['_GETVEHICLEREQUEST']._serialized_end=636
-  _globals['_IMPORTVEHICLESCHUNK']._serialized_start=638
-  _globals['_IMPORTVEHICLESCHUNK']._serialized_end=672
-  _globals['_IMPORTVEHICLESRESPONSE']._serialized_start=674
-  _globals['_IMPORTVEHICLESRESPONSE']._serialized_end=716
-  _globals['_LISTVEHICLESREQUEST']._serialized_start=718
-  _globals['_LISTVEHICLESREQUEST']._serialized_end=799
-  _globals['_LISTVEHICLESRESPONSE']._serialized_start=801
-  _globals['_LISTVEHICLESRESPONSE']._serialized_end=877
-  _globals['_FLEETSERVICE']._serialized_start=880
-  _globals['_FLEETSERVICE']._serialized_end=1227
+  _globals['_ECU']._serialized_end=203
+  _globals['_VEHICLE']._serialized_start=206
+  _globals['_VEHICLE']._serialized_end=382
+  _globals['_PROVISIONVEHICLEREQUEST']._serialized_start=385
+  _globals['_PROVISIONVEHICLEREQUEST']._serialized_end=513
+  _globals['_PROVISIONVEHICLERESPONSE']._serialized_start=515
+  _globals['_PROVISIONVEHICLERESPONSE']._serialized_end=622
+  _globals['_GETVEHICLEREQUEST']._serialized_start=624
+  _globals['_GETVEHICLEREQUEST']._serialized_end=656
+  _globals['_IMPORTVEHICLESCHUNK']._serialized_start=658
+  _globals['_IMPORTVEHICLESCHUNK']._serialized_end=692
+  _globals['_IMPORTVEHICLESRESPONSE']._serialized_start=694
+  _globals['_IMPORTVEHICLESRESPONSE']._serialized_end=736
+  _globals['_LISTVEHICLESREQUEST']._serialized_start=738
+  _globals['_LISTVEHICLESREQUEST']._serialized_end=819
+  _globals['_LISTVEHICLESRESPONSE']._serialized_start=821
+  _globals['_LISTVEHICLESRESPONSE']._serialized_end=897
+  _globals['_FLEETSERVICE']._serialized_start=900
+  _globals['_FLEETSERVICE']._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

@@ -28,10 +28,15 @@ class Ecu(_message.Message):
     HARDWARE_ID_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
     INSTALLED_SHA256_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     serial: _builtins.str
     hardware_id: _builtins.str
     primary: _builtins.bool
     installed_sha256: _builtins.str
+    public_key: _builtins.str
+    """The ECU's public key (securesystemslib key JSON: keyid, keytype, scheme, keyval),
+    registered at provisioning; it verifies the ECU's signed version reports.
+    """
     def __init__(
         self,
         *,
@@ -39,10 +44,11 @@ class Ecu(_message.Message):
         hardware_id: _builtins.str = ...,
         primary: _builtins.bool = ...,
         installed_sha256: _builtins.str = ...,
+        public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "installed_sha256", b"installed_sha256", "primary", b"primary", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "installed_sha256", b"installed_sha256", "primary", b"primary", "public_key", b"public_key", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

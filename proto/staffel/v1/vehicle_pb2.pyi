@@ -120,9 +120,15 @@ class CheckInRequest(_message.Message):
     VIN_FIELD_NUMBER: _builtins.int
     ECUS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     vin: _builtins.str
     nonce: _builtins.bytes
     """Fresh random bytes every check-in (16 to 64 bytes)."""
+    manifest: _builtins.bytes
+    """The vehicle version manifest (UTF-8 JSON, signed by the primary; one version report per
+    ECU, each signed by that ECU's key and carrying a fresh nonce). Required once the
+    vehicle's ECUs have registered keys.
+    """
     @_builtins.property
     def ecus(self) -> _containers.RepeatedCompositeFieldContainer[Global___EcuVersion]: ...
     def __init__(
@@ -131,10 +137,11 @@ class CheckInRequest(_message.Message):
         vin: _builtins.str = ...,
         ecus: _abc.Iterable[Global___EcuVersion] | None = ...,
         nonce: _builtins.bytes = ...,
+        manifest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "nonce", b"nonce", "vin", b"vin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "manifest", b"manifest", "nonce", b"nonce", "vin", b"vin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

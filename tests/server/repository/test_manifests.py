@@ -11,8 +11,8 @@ from securesystemslib.signer import Key
 from sqlmodel import select
 
 from client.uptane.manifest import EcuKey, ecu_version_report, sign_report, vehicle_manifest
-from server.errors import FailedPreconditionError, InvalidArgumentError, UnauthenticatedError
-from server.repository.manifests import record_manifest, verify_manifest
+from server.errors import InvalidArgumentError, PermissionDeniedError
+from server.repository.manifests import check_fresh, record_manifest, verify_manifest
 from server.repository.models import VehicleInventory
 from server.store import Database
 
@@ -50,11 +50,12 @@ def test_a_manifest_signed_by_each_ecu_is_verified_and_recorded(
     assert [r.ecu_serial for r in verified.reports] == ["gw-1", "brk-2"]
     assert verified.reports[1].image_name == "brk-2-fw-1.0"
     with database.session() as session:
-        record_manifest(session, verified, data, now=datetime.now(UTC))
+        record_manifest(session, verified, now=datetime.now(UTC))
     with database.session() as session:
         [inventory] = session.exec(select(VehicleInventory)).all()
     assert inventory.vin == VIN
     assert inventory.manifest == data
+    assert set(json.loads(inventory.nonces)) == {r.nonce for r in verified.reports}
 
 
 def test_a_replayed_manifest_with_an_old_nonce_is_refused(
@@ -64,44 +65,70 @@ def test_a_replayed_manifest_with_an_old_nonce_is_refused(
     keys = registered(ecus)
     with database.session() as session:
         record_manifest(
-            session, verify_manifest(old, vin=VIN, ecu_keys=keys), old, now=datetime.now(UTC)
+            session, verify_manifest(old, vin=VIN, ecu_keys=keys), now=datetime.now(UTC)
         )
     fresh = manifest(ecus)
     with database.session() as session:
         record_manifest(
-            session, verify_manifest(fresh, vin=VIN, ecu_keys=keys), fresh, now=datetime.now(UTC)
+            session, verify_manifest(fresh, vin=VIN, ecu_keys=keys), now=datetime.now(UTC)
         )
     with (
-        pytest.raises(FailedPreconditionError, match="replayed manifest"),
+        pytest.raises(PermissionDeniedError, match=r"ECU gw-1 .*nonce [0-9a-f]+ was sent before"),
         database.session() as session,
     ):
         record_manifest(
-            session, verify_manifest(old, vin=VIN, ecu_keys=keys), old, now=datetime.now(UTC)
+            session, verify_manifest(old, vin=VIN, ecu_keys=keys), now=datetime.now(UTC)
         )
     with database.session() as session:
         [inventory] = session.exec(select(VehicleInventory)).all()
     assert inventory.manifest == fresh
 
 
+def test_a_manifest_older_than_the_last_one_is_refused_even_with_new_nonces(
+    ecus: dict[str, EcuKey],
+) -> None:
+    keys = registered(ecus)
+    newer = verify_manifest(manifest(ecus), vin=VIN, ecu_keys=keys)
+    last = check_fresh(newer, None)
+    reports = [
+        sign_report(
+            ecu_version_report(serial, "fw", 1, SHA, now=datetime(2020, 1, 1, tzinfo=UTC)), key
+        )
+        for serial, key in ecus.items()
+    ]
+    older = vehicle_manifest(VIN, "gw-1", reports, ecus["gw-1"])
+    with pytest.raises(PermissionDeniedError, match=r"ECU gw-1 .* older than the last accepted"):
+        check_fresh(verify_manifest(older, vin=VIN, ecu_keys=keys), last)
+    assert (
+        len(check_fresh(verify_manifest(manifest(ecus), vin=VIN, ecu_keys=keys), last).nonces) == 4
+    )
+
+
+def test_one_nonce_twice_in_a_manifest_is_refused(ecus: dict[str, EcuKey]) -> None:
+    twice = manifest(ecus, nonces=("ab" * 16, "ab" * 16))
+    with pytest.raises(PermissionDeniedError, match="nonce abab"):
+        check_fresh(verify_manifest(twice, vin=VIN, ecu_keys=registered(ecus)), None)
+
+
 def test_a_report_not_signed_by_its_ecu_is_refused(ecus: dict[str, EcuKey], tmp_path: Path) -> None:
     impostor = EcuKey.generate(tmp_path / "impostor.key")
     forged = manifest({"gw-1": ecus["gw-1"], "brk-2": impostor})
-    with pytest.raises(UnauthenticatedError, match="not signed by ECU brk-2"):
+    with pytest.raises(PermissionDeniedError, match="not signed by ECU brk-2"):
         verify_manifest(forged, vin=VIN, ecu_keys=registered(ecus))
 
 
 def test_a_tampered_report_is_refused(ecus: dict[str, EcuKey]) -> None:
     envelope = json.loads(manifest(ecus))
     envelope["signed"]["ecu_version_reports"][1]["signed"]["installed_image"]["length"] = 1
-    with pytest.raises(UnauthenticatedError, match="brk-2"):
+    with pytest.raises(PermissionDeniedError, match="brk-2"):
         verify_manifest(json.dumps(envelope).encode(), vin=VIN, ecu_keys=registered(ecus))
 
 
 def test_unknown_ecus_other_vehicles_and_garbage_are_refused(ecus: dict[str, EcuKey]) -> None:
     keys = registered(ecus)
-    with pytest.raises(UnauthenticatedError, match="not registered"):
+    with pytest.raises(PermissionDeniedError, match="not registered"):
         verify_manifest(manifest(ecus), vin=VIN, ecu_keys={"gw-1": keys["gw-1"]})
-    with pytest.raises(UnauthenticatedError, match="for vehicle"):
+    with pytest.raises(PermissionDeniedError, match="for vehicle"):
         verify_manifest(manifest(ecus), vin="WSF00000000000099", ecu_keys=keys)
     with pytest.raises(InvalidArgumentError, match="malformed"):
         verify_manifest(b"{}", vin=VIN, ecu_keys=keys)

@@ -1,0 +1,162 @@
+"""The check-in's gate for vehicle version manifests: verified before any answer, cheaply.
+
+Every check-in passes :meth:`ManifestGate.admit` before the server decides anything. It
+verifies the manifest against the ECU keys registered at provisioning and refuses a replay,
+from memory: each process keeps, per vehicle, the ECUs' public keys and the freshness of
+the last manifest it accepted (one database read at the vehicle's first check-in), so a
+check-in costs the signature checks and no I/O.
+
+A check-in that goes to the database (anything but a quiet "nothing to do") stores the
+manifest first with :meth:`ManifestGate.record`, which checks freshness again against the
+stored inventory, in the same transaction that writes it: this is the check that holds
+across server processes and restarts, before the Director signs anything. A quiet check-in
+keeps its manifest in memory only (its inventory is the stored one, unchanged).
+
+A vehicle registered without ECU keys (an import that had none) checks in without a
+manifest, as before manifests existed; one with keys must send one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from securesystemslib.signer import Key
+from sqlmodel import select
+
+from server.clock import Clock, system_clock
+from server.errors import InvalidArgumentError, PermissionDeniedError
+from server.fleet.models import Ecu
+from server.fleet.registry import EcuSpec, ecu_public_key
+from server.repository.manifests import (
+    Freshness,
+    VerifiedManifest,
+    check_fresh,
+    record_manifest,
+    stored_freshness,
+    verify_manifest,
+)
+from server.repository.models import VehicleInventory
+from server.store import Database
+
+MAX_CACHED_VEHICLES: Final = 200_000  # entries (~1 KiB each); cleared when full
+# A vehicle found without keys is asked of the database again after this long, so one
+# provisioned meanwhile (elsewhere) is held to its manifest.
+KEYLESS_RECHECK_SECONDS: Final = 10.0  # seconds
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What the gate holds of one vehicle."""
+
+    keys: Mapping[str, Key]
+    freshness: Freshness | None
+    loaded_at: float  # time.monotonic() of the database read
+
+
+class ManifestGate:
+    """Verifies each check-in's vehicle version manifest; safe to use from several threads."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock = system_clock,
+        max_vehicles: int = MAX_CACHED_VEHICLES,
+    ) -> None:
+        """A gate over the fleet registry and inventories of ``database``."""
+        self._database = database
+        self._clock = clock
+        self._max_vehicles = max_vehicles
+        self._lock = threading.Lock()
+        self._vehicles: dict[str, _Known] = {}
+
+    async def admit(
+        self, vin: str, data: bytes, ecus: Sequence[EcuSpec]
+    ) -> VerifiedManifest | None:
+        """Verifies the manifest a check-in carries and refuses a replay.
+
+        Args:
+            vin: The vehicle checking in.
+            data: ``CheckInRequest.manifest`` as received.
+            ecus: What the request's ``ecus`` say each ECU runs; each report must agree.
+
+        Returns:
+            The verified manifest, or None for a vehicle registered without ECU keys (or
+            not registered: the check-in then refuses it).
+
+        Raises:
+            PermissionDeniedError: No manifest from a vehicle with keys, a bad signature,
+                an unknown ECU, or a replay (a nonce seen before, an older report).
+            InvalidArgumentError: A malformed manifest, or one that disagrees with ``ecus``.
+        """
+        known = self._vehicles.get(vin)
+        if known is None or (
+            not known.keys and time.monotonic() - known.loaded_at > KEYLESS_RECHECK_SECONDS
+        ):
+            known = await asyncio.to_thread(self._load, vin)
+        if not known.keys:
+            return None
+        if not data:
+            raise PermissionDeniedError(
+                f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
+                f"manifest signed by its ECUs; refused"
+            )
+        manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys)
+        _check_agrees(manifest, ecus)
+        with self._lock:
+            current = self._vehicles.get(vin, known)
+            fresh = check_fresh(manifest, current.freshness)
+            self._vehicles[vin] = replace(current, freshness=fresh)
+        return manifest
+
+    def record(self, manifest: VerifiedManifest | None) -> None:
+        """Stores a verified manifest as the vehicle's inventory (blocking; database).
+
+        Raises:
+            PermissionDeniedError: The stored inventory shows the manifest is a replay.
+        """
+        if manifest is None:
+            return
+        with self._database.session() as session:
+            record_manifest(session, manifest, now=self._clock())
+
+    def forget(self, vin: str) -> None:
+        """Drops what the gate holds of ``vin`` (read again at its next check-in)."""
+        with self._lock:
+            self._vehicles.pop(vin, None)
+
+    def _load(self, vin: str) -> _Known:
+        with self._database.session() as session:
+            rows = session.exec(
+                select(Ecu.serial, Ecu.public_key).where(Ecu.vin == vin, Ecu.public_key != "")
+            ).all()
+            inventory = session.get(VehicleInventory, vin)
+            freshness = stored_freshness(inventory)
+        keys = {serial: ecu_public_key(serial, text) for serial, text in rows}
+        known = _Known(keys=keys, freshness=freshness, loaded_at=time.monotonic())
+        with self._lock:
+            if len(self._vehicles) >= self._max_vehicles:
+                self._vehicles.clear()
+            current = self._vehicles.get(vin)
+            if current is not None and current.freshness is not None:
+                # A check-in admitted meanwhile is fresher than what the database held.
+                known = replace(known, freshness=current.freshness)
+            self._vehicles[vin] = known
+        return known
+
+
+def _check_agrees(manifest: VerifiedManifest, ecus: Sequence[EcuSpec]) -> None:
+    """Each signed report must name the image the request's (unsigned) ECU list names."""
+    installed = {ecu.serial: ecu.installed_sha256 for ecu in ecus}
+    for report in manifest.reports:
+        if installed.get(report.ecu_serial, report.sha256) != report.sha256:
+            raise InvalidArgumentError(
+                f"ECU {report.ecu_serial}: the signed version report names image "
+                f"{report.sha256 or '(none)'}, the check-in names "
+                f"{installed[report.ecu_serial] or '(none)'}; refused"
+            )
