@@ -50,6 +50,7 @@ from server.repository.director import Director
 from server.repository.http import add_routes
 from server.repository.image_repo import ImageRepository
 from server.store import Database
+from server.store.migrate import database_url, migrate, migrate_command
 
 log = logging.getLogger("staffel.server")
 
@@ -82,6 +83,8 @@ class ServerConfig:
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for traces; None: no tracing
     # Seconds between campaign engine steps; 0 runs no background step (tests step directly).
     engine_interval_seconds: float = 1.0
+    # Upgrade the database's schema at start-up; off: a database behind refuses to start.
+    auto_migrate: bool = False
 
 
 class StaffelServer:
@@ -92,6 +95,8 @@ class StaffelServer:
         self.clock = clock
         self.metrics = ServerMetrics()
         self.tracing = Tracing()
+        if config.auto_migrate:
+            log.info("%s", migrate(database_url(config.data_dir, config.database_url)).describe())
         if config.database_url:
             self.database = Database.from_url(config.database_url)
         else:
@@ -293,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to answer NOT_SERVING before refusing new calls (Kubernetes: ~10)",
     )
     parser.add_argument(
+        "--auto-migrate",
+        action="store_true",
+        help="upgrade the database schema at start-up (as `staffel-server migrate` does); "
+        "without it a database at an older revision refuses to start",
+    )
+    parser.add_argument(
         "--engine-interval",
         type=float,
         default=1.0,
@@ -334,10 +345,12 @@ def create_token_command(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``staffel-server`` (and of ``staffel-server create-token``)."""
+    """Entry point of ``staffel-server`` (and of its ``create-token`` and ``migrate``)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["create-token"]:
         return create_token_command(argv[1:])
+    if argv[:1] == ["migrate"]:
+        return migrate_command(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(args.log_format)
     if not 1 <= args.poll_seconds <= 86_400:
@@ -351,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         http_listen=args.http_listen,
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
+        auto_migrate=args.auto_migrate,
         shutdown_delay_seconds=args.shutdown_delay,
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),
     )

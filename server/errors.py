@@ -7,7 +7,8 @@
     ├── FailedPreconditionError  valid, but not in the current state
     ├── UnauthenticatedError   no valid token came with the call
     ├── PermissionDeniedError  the caller's role does not allow the call
-    └── RepositoryError        signing or metadata could not be produced
+    ├── RepositoryError        signing or metadata could not be produced
+    └── SchemaError            the database's schema revision does not fit this server
 
 The gRPC layer maps each class to one status code (``server.api.status``);
 domain code raises these and never touches gRPC.
@@ -44,3 +45,7 @@ class UnauthenticatedError(StaffelError):
 
 class PermissionDeniedError(StaffelError):
     """The caller is known, but their role (or the four-eyes rule) does not allow the call."""
+
+
+class SchemaError(StaffelError):
+    """The database is at a schema revision this server cannot run on (migrate, or upgrade)."""

@@ -8,9 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
+
+from server.store.migrations import open_schema
 
 # Every domain keeps its tables beside its code; they are imported here so that
 # `create_all` knows them all.
@@ -22,7 +24,15 @@ _MODEL_MODULES = (
     "server.auth.models",
     # Installs the triggers that keep the audit log append-only.
     "server.auth.audit",
+    "server.staging.models",
 )
+
+
+def load_models() -> MetaData:
+    """Imports every domain's tables; returns the metadata that holds them all."""
+    for module in _MODEL_MODULES:
+        importlib.import_module(module)
+    return SQLModel.metadata
 
 
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -42,14 +52,23 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        """Opens the database at ``url`` (any SQLAlchemy URL) and creates missing tables."""
+        """Opens the database at ``url`` (any SQLAlchemy URL); creates the tables of a new one.
+
+        Raises:
+            SchemaError: the database is at an older schema revision (run
+                ``staffel-server migrate``) or at one this server does not know.
+        """
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _enable_sqlite_pragmas)
         else:
             engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         database = cls(engine)
-        database.create_all()
+        try:
+            database.create_all()
+        except BaseException:
+            engine.dispose()
+            raise
         return database
 
     @classmethod
@@ -59,10 +78,12 @@ class Database:
         return cls.from_url(f"sqlite:///{data_dir / 'staffel.db'}")
 
     def create_all(self) -> None:
-        """Creates every table that does not exist yet."""
-        for module in _MODEL_MODULES:
-            importlib.import_module(module)
-        SQLModel.metadata.create_all(self.engine)
+        """Creates every table of a new database, stamped with the newest schema revision.
+
+        A database at the newest revision gets only what is missing (triggers, tables
+        created on demand); one at an older revision raises ``SchemaError``.
+        """
+        open_schema(self.engine, load_models())
 
     @contextmanager
     def session(self) -> Iterator[Session]:
