@@ -21,6 +21,7 @@ from staffel.v1 import (
     auth_pb2_grpc,
     campaign_pb2_grpc,
     fleet_pb2_grpc,
+    relay_pb2_grpc,
     release_pb2_grpc,
     vehicle_pb2_grpc,
 )
@@ -49,6 +50,8 @@ from server.repository.blobs import BlobStore
 from server.repository.director import Director
 from server.repository.http import add_routes
 from server.repository.image_repo import ImageRepository
+from server.staging.gate import DEFAULT_WAIT
+from server.staging.service import RelayServicer
 from server.store import Database
 from server.store.migrate import database_url, migrate, migrate_command
 
@@ -60,6 +63,7 @@ SERVICES = (
     "staffel.v1.FleetService",
     "staffel.v1.CampaignService",
     "staffel.v1.AuthService",
+    "staffel.v1.RelayService",
 )
 
 
@@ -83,6 +87,8 @@ class ServerConfig:
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for traces; None: no tracing
     # Seconds between campaign engine steps; 0 runs no background step (tests step directly).
     engine_interval_seconds: float = 1.0
+    # How long a site's relay that has not staged a wave's bundle may hold the wave there.
+    staging_wait: timedelta = DEFAULT_WAIT
     # Upgrade the database's schema at start-up; off: a database behind refuses to start.
     auto_migrate: bool = False
 
@@ -105,7 +111,7 @@ class StaffelServer:
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.image_repo = ImageRepository(self.database, keys)
         self.director = Director(self.database, keys, clock=clock)
-        self.engine = CampaignEngine(self.database, clock=clock)
+        self.engine = CampaignEngine(self.database, clock=clock, staging_wait=config.staging_wait)
         self.engine_lock = EngineLock(self.database.engine)
         self.image_repo.initialize()
         self.director.initialize()
@@ -167,6 +173,9 @@ class StaffelServer:
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
             AuthServicer(database=self.database), server
+        )
+        relay_pb2_grpc.add_RelayServiceServicer_to_server(
+            RelayServicer(database=self.database), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return server
@@ -309,6 +318,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between campaign engine steps (gates, waves, pacing)",
     )
+    parser.add_argument(
+        "--staging-wait",
+        type=float,
+        default=DEFAULT_WAIT.total_seconds(),
+        help="seconds a site's relay that has not staged a wave's bundle may hold the wave "
+        "at its site (default: 2 hours)",
+    )
     return parser
 
 
@@ -364,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         http_listen=args.http_listen,
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
+        staging_wait=timedelta(seconds=args.staging_wait),
         auto_migrate=args.auto_migrate,
         shutdown_delay_seconds=args.shutdown_delay,
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),

@@ -135,8 +135,17 @@ class Sandbox:
             self.run(tool("staffel"), "keys", "init", "--dir", str(keys))
         return keys
 
-    def start_server(self, name: str = "server", poll_seconds: int = 5) -> Service:
-        """Starts the central server on free loopback ports."""
+    def start_server(
+        self, name: str = "server", poll_seconds: int = 5, staging_wait: float | None = None
+    ) -> Service:
+        """Starts the central server on free loopback ports.
+
+        Args:
+            name: The service's name (its data folder, log and ready file).
+            poll_seconds: The vehicles' poll interval.
+            staging_wait: Seconds a site's relay that has not staged a wave may hold it
+                there; None keeps the server's default.
+        """
         command = [
             tool("staffel-server"),
             "--data-dir", str(self.root / name),
@@ -147,18 +156,39 @@ class Sandbox:
         ]  # fmt: skip
         if self.database_url:
             command += ["--database-url", self.database_url]
+        if staging_wait is not None:
+            command += ["--staging-wait", str(staging_wait)]
         return self.start(name, *command)
 
-    def start_relay(self, upstream: Service, name: str = "relay") -> Service:
-        """Starts an edge relay in front of ``upstream``."""
+    def start_relay(
+        self,
+        upstream: Service,
+        name: str = "relay",
+        *,
+        options: Sequence[str] = (),
+        listen_like: Service | None = None,
+    ) -> Service:
+        """Starts an edge relay in front of ``upstream`` (the server, or a regional relay).
+
+        Args:
+            upstream: What the relay fetches from and forwards to.
+            name: The service's name; its cache is ``ROOT/NAME/cache`` (kept across restarts).
+            options: More ``staffel-relay`` options (``--site``, ``--tls-ca``, ...).
+            listen_like: A stopped relay whose ports the new one takes (a restart).
+        """
+        grpc_listen, http_listen = "127.0.0.1:0", "127.0.0.1:0"
+        if listen_like is not None:
+            grpc_listen = listen_like.grpc
+            http_listen = listen_like.http.split("://", 1)[-1]
         return self.start(
             name,
             tool("staffel-relay"),
             "--upstream", upstream.http,
             "--upstream-grpc", upstream.grpc,
             "--cache-dir", str(self.root / name / "cache"),
-            "--grpc-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0",
+            "--grpc-listen", grpc_listen,
+            "--http-listen", http_listen,
+            *options,
         )  # fmt: skip
 
     def create_admin_token(self, name: str = "server") -> str:
@@ -205,6 +235,7 @@ class Sandbox:
         model: str,
         hardware_id: str,
         health_command: Sequence[str] = ("/bin/true",),
+        site: str = "",
     ) -> VehicleSetup:
         """Registers a vehicle with one gateway ECU and writes its client config.
 
@@ -217,6 +248,7 @@ class Sandbox:
         self.staffel(
             server, "fleet", "provision", "--vin", vin, "--model", model,
             "--ecu", f"{serial}:{hardware_id}:primary", "--out", str(directory),
+            "--site", site,
         )  # fmt: skip
         vehicle = VehicleSetup(vin=vin, directory=directory, serial=serial, hardware_id=hardware_id)
         vehicle.slots.mkdir(parents=True, exist_ok=True)

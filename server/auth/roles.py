@@ -42,8 +42,12 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
 }
 
-# Services open to vehicles (they authenticate with their own keys) and to probes.
-PUBLIC_SERVICES = frozenset({"staffel.v1.VehicleService", "grpc.health.v1.Health"})
+# Services open to vehicles (they authenticate with their own keys), to probes, and to
+# relays (they carry no token; a readiness report can only open or delay a wave at one site
+# within the staging wait, never change what a vehicle installs).
+PUBLIC_SERVICES = frozenset(
+    {"staffel.v1.VehicleService", "staffel.v1.RelayService", "grpc.health.v1.Health"}
+)
 
 _READ_METHODS = frozenset(
     {

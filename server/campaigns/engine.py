@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Exists, and_, exists, func, insert, literal, update
+from sqlalchemy import CursorResult, Exists, and_, exists, func, insert, literal, not_, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, SQLModel, col, select
 
@@ -36,6 +36,7 @@ from server.campaigns.plan import CampaignPlan
 from server.clock import Clock, as_utc, system_clock
 from server.fleet.models import Vehicle
 from server.fleet.selectors import FleetSelector
+from server.staging.gate import DEFAULT_WAIT, held_sites
 from server.store import Database
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,14 @@ def _join_late_vehicles(session: Session, campaign: Campaign, now: datetime) -> 
     campaign.joined_until = newest
 
 
-def _release(session: Session, campaign: Campaign, plan: CampaignPlan, now: datetime) -> None:
-    """Queued assignments of the open waves become pending, within the pacing budget."""
+def _release(
+    session: Session, campaign: Campaign, plan: CampaignPlan, now: datetime, wait: timedelta
+) -> None:
+    """Queued assignments of the open waves become pending, within the pacing budget.
+
+    An update's wave opens at a site with a relay only once the relay holds the bundle, or
+    ``wait`` after the engine first asked (``server.staging.gate``).
+    """
     assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
     queued = (
         select(Assignment.id)
@@ -168,6 +175,24 @@ def _release(session: Session, campaign: Campaign, plan: CampaignPlan, now: date
         .where(col(Assignment.wave) <= campaign.current_wave)
         .where(Assignment.state == AssignmentState.QUEUED)
     )
+    if campaign.kind == CampaignKind.UPDATE:
+        held = held_sites(
+            session,
+            campaign_id=campaign.id,
+            bundle_id=campaign.bundle_id,
+            up_to_wave=campaign.current_wave,
+            now=now,
+            wait=wait,
+        )
+        if held:
+            at_site = [
+                and_(
+                    col(Assignment.wave) == wave,
+                    col(Assignment.vin).in_(select(Vehicle.vin).where(Vehicle.site == site)),
+                )
+                for wave, site in held
+            ]
+            queued = queued.where(not_(or_(*at_site)))
     released_recently = session.exec(
         select(func.count())
         .select_from(Assignment)
@@ -196,8 +221,14 @@ class StepOutcome:
     wave: int
 
 
-def step_campaign(session: Session, campaign_id: int, now: datetime) -> StepOutcome | None:
-    """One engine step of one campaign inside ``session``; None if it is not running."""
+def step_campaign(
+    session: Session, campaign_id: int, now: datetime, *, staging_wait: timedelta = DEFAULT_WAIT
+) -> StepOutcome | None:
+    """One engine step of one campaign inside ``session``; None if it is not running.
+
+    ``staging_wait`` is how long a site's relay that has not staged the bundle may hold
+    back a wave at its site.
+    """
     from server.campaigns.rollback import start_rollback  # noqa: PLC0415 - import cycle
 
     campaign = session.exec(
@@ -234,7 +265,7 @@ def step_campaign(session: Session, campaign_id: int, now: datetime) -> StepOutc
     met_at = None if campaign.gate_met_at is None else as_utc(campaign.gate_met_at)
     if campaign.current_wave < len(plan.waves) and gate.soaked(met_at, now):
         open_wave(session, campaign, now)
-    _release(session, campaign, plan, now)
+    _release(session, campaign, plan, now, staging_wait)
     unfinished = sum(
         c.queued + c.pending + c.in_progress
         for wave, c in counts.items()
@@ -252,9 +283,16 @@ def step_campaign(session: Session, campaign_id: int, now: datetime) -> StepOutc
 class CampaignEngine:
     """Steps every running campaign; the server runs it on an interval, tests directly."""
 
-    def __init__(self, database: Database, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock = system_clock,
+        staging_wait: timedelta = DEFAULT_WAIT,
+    ) -> None:
         self._database = database
         self._clock = clock
+        self._staging_wait = staging_wait
 
     @property
     def clock(self) -> Clock:
@@ -271,7 +309,9 @@ class CampaignEngine:
         for campaign_id in running:
             assert campaign_id is not None  # noqa: S101 - persisted campaigns have ids
             with self._database.session() as session:
-                outcome = step_campaign(session, campaign_id, self._clock())
+                outcome = step_campaign(
+                    session, campaign_id, self._clock(), staging_wait=self._staging_wait
+                )
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes

@@ -13,34 +13,37 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from sqlalchemy import text
+from sqlmodel import col, select
 from staffel.v1 import relay_pb2, relay_pb2_grpc
 
+from server.campaigns.models import Assignment, AssignmentState, Campaign, CampaignState
+from server.fleet.models import Vehicle
+from server.releases.models import BundleImage, Image
 from server.staging.models import RelayReadiness, ensure_tables
 from server.store import Database
 
 logger = logging.getLogger(__name__)
 
-_PLAN_QUERY = text(
-    """
-    SELECT DISTINCT i.sha256, i.target_name, i.length
-    FROM campaign c
-    JOIN campaign_assignment a ON a.campaign_id = c.id
-    JOIN fleet_vehicle v ON v.vin = a.vin
-    JOIN release_bundle_image bi ON bi.bundle_id = c.bundle_id
-    JOIN release_image i ON i.target_name = bi.target_name
-    WHERE v.site = :site
-      AND c.state IN ('running', 'paused', 'approved')
-      AND a.state NOT IN ('committed', 'failed', 'rolled_back', 'canceled')
-    ORDER BY i.sha256
-    """
-)
+_UNFINISHED = [s.value for s in AssignmentState if not s.is_final]
+_PLANNED_CAMPAIGNS = [CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.APPROVED]
 
 
 def plan_for_site(database: Database, site: str) -> relay_pb2.StagingPlan:
     """The staging plan of ``site`` (its ``plan_id`` is a digest of its blobs)."""
+    query = (
+        select(Image.sha256, Image.target_name, Image.length)
+        .distinct()
+        .join(BundleImage, col(BundleImage.target_name) == col(Image.target_name))
+        .join(Campaign, col(Campaign.bundle_id) == col(BundleImage.bundle_id))
+        .join(Assignment, col(Assignment.campaign_id) == col(Campaign.id))
+        .join(Vehicle, col(Vehicle.vin) == col(Assignment.vin))
+        .where(Vehicle.site == site)
+        .where(col(Campaign.state).in_(_PLANNED_CAMPAIGNS))
+        .where(col(Assignment.state).in_(_UNFINISHED))
+        .order_by(col(Image.sha256), col(Image.target_name))
+    )
     with database.session() as session:
-        rows = session.connection().execute(_PLAN_QUERY, {"site": site}).all()
+        rows = session.exec(query).all()
     blobs = [
         relay_pb2.StagedBlob(sha256=sha, target_name=target_name, length=length)
         for sha, target_name, length in rows
