@@ -58,6 +58,11 @@ class Artifact:
         return self.kind is not ArtifactKind.TIMESTAMP
 
     @property
+    def is_root(self) -> bool:
+        """True for a version of a repository's root (``VERSION.root.json``)."""
+        return self.kind is ArtifactKind.METADATA and self.url_path.endswith(".root.json")
+
+    @property
     def label(self) -> str:
         """A short name for logs (``SHA.NAME`` or ``image/1.root.json``)."""
         return self.cache_path.removeprefix("blobs/").removeprefix("metadata/")

@@ -22,6 +22,7 @@ from server.relay.config import RelayConfig
 from server.relay.errors import (
     CacheError,
     UpstreamInterruptedError,
+    UpstreamNotFoundError,
     UpstreamUnavailableError,
 )
 from server.relay.fill import Fill
@@ -130,6 +131,14 @@ class SiteMirror:
                 )
                 break
             except UpstreamInterruptedError as exc:
+                if fill.size == 0 and artifact.is_root:
+                    # A root version the site never saw, upstream unreachable: answer as the
+                    # end of the root chain, so vehicles keep their trusted root through an
+                    # outage (a relay may always withhold metadata; expiry bounds it).
+                    raise UpstreamNotFoundError(
+                        f"{artifact.label} is not cached and the upstream is unreachable "
+                        f"({exc}); no newer root is known at this site"
+                    ) from exc
                 if time.monotonic() + delay > deadline:
                     raise
                 self._metrics.upstream_resumes.inc()

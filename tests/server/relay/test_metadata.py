@@ -74,6 +74,23 @@ async def test_next_root_not_yet_published_is_404_and_not_cached(
     assert upstream_http.requests["/image/metadata/2.root.json"] == 2
 
 
+async def test_next_root_with_the_upstream_down_is_404_at_once_and_not_cached(
+    relay: Relay, upstream_http: UpstreamHTTP
+) -> None:
+    # Through an outage the site's vehicles keep their trusted root (the end of the chain).
+    await upstream_http.stop()
+    for repository in ("image", "director"):
+        status, body, _headers = await _get(
+            f"{relay.addresses.http}/{repository}/metadata/2.root.json"
+        )
+        assert status == 404, repository
+        assert b"upstream is unreachable" in body
+    await upstream_http.start()
+    upstream_http.files["/image/metadata/2.root.json"] = ROOT
+    status, body, _headers = await _get(f"{relay.addresses.http}/image/metadata/2.root.json")
+    assert (status, body) == (200, ROOT)
+
+
 async def test_timestamp_is_refetched_on_every_request(
     relay: Relay, upstream_http: UpstreamHTTP
 ) -> None:
