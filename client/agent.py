@@ -52,6 +52,7 @@ from client.slots import (
     open_boot_control,
     other_slot,
 )
+from client.tls import grpc_credentials, ssl_context
 from client.transfer import ImageDownloader
 from client.uplink import Uplink
 from client.uptane import UptaneVerifier
@@ -149,25 +150,34 @@ class Agent:
 
         Raises:
             StateError: The state or slot directory cannot be created.
-            ConfigError: The boot-control backend is misconfigured.
+            ConfigError: The boot-control backend is misconfigured, or the TLS files do
+                not load.
         """
         boot_control = open_boot_control(
             config.slots.backend, directory=config.slots.directory, env=config.slots.env
         )
+        tls = config.tls
+        context = ssl_context(tls) if tls is not None else None
         return cls(
             config=config,
             link=link
-            or VehicleLink(config.grpc_target, timeout_seconds=config.network_timeout_seconds),
+            or VehicleLink(
+                config.grpc_target,
+                timeout_seconds=config.network_timeout_seconds,
+                credentials=grpc_credentials(tls) if tls is not None else None,
+            ),
             verifier=UptaneVerifier(
                 state_dir=config.state_dir,
                 repo_url=repo_url or config.repo_url,
                 image_root=config.image_root,
                 director_root=config.director_root,
                 timeout_seconds=config.network_timeout_seconds,
+                ssl_context=context,
             ),
             downloader=ImageDownloader(
                 [repo_url] if repo_url else config.repo_urls,
                 timeout_seconds=config.network_timeout_seconds,
+                ssl_context=context,
             ),
             boot_control=boot_control,
             bootloader=SimulatedBootloader(boot_control, config.slots.directory),

@@ -89,6 +89,27 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """mTLS towards the site relay with the vehicle's fleet certificate.
+
+    Attributes:
+        ca_file: The fleet CA certificate (PEM), the only CA the vehicle trusts.
+        cert_file: The vehicle's certificate (PEM) from ``staffel keys fleet vehicle``;
+            None presents no certificate (a relay with mTLS then refuses the vehicle).
+        key_file: The certificate's private key (PEM); given exactly when ``cert_file`` is.
+    """
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def describe(self) -> str:
+        """The files, for error messages."""
+        files = [self.ca_file, self.cert_file, self.key_file]
+        return ", ".join(str(path) for path in files if path is not None)
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Everything the vehicle client needs, as provisioned on the vehicle.
 
@@ -106,6 +127,8 @@ class ClientConfig:
         health: The post-boot health check.
         poll_interval_seconds: Check-in interval when the server names none (10 to 86400).
         network_timeout_seconds: Connect and read timeout of each network call (1 to 600).
+        tls: mTLS with the fleet certificate (``[tls]``; ``repo_url`` is then https);
+            None for plain TCP.
     """
 
     vin: str
@@ -120,6 +143,7 @@ class ClientConfig:
     poll_interval_seconds: int = 60
     network_timeout_seconds: int = 30
     fallback_repo_url: str = ""
+    tls: TlsConfig | None = None
 
     @property
     def repo_urls(self) -> tuple[str, ...]:
@@ -174,6 +198,9 @@ def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
     if not HOST_PORT.fullmatch(grpc_target):
         raise ConfigError(f"'grpc_target' must be host:port; got {grpc_target!r}")
     repo_url = _url(raw, "repo_url")
+    tls = _tls(raw["tls"], base) if "tls" in raw else None
+    if tls is not None and not repo_url.startswith("https://"):
+        raise ConfigError(f"with [tls], 'repo_url' must start with https://; got {repo_url!r}")
     return ClientConfig(
         vin=vin,
         grpc_target=grpc_target,
@@ -187,6 +214,20 @@ def _parse(raw: dict[str, Any], *, base: Path) -> ClientConfig:
         poll_interval_seconds=_integer(raw, "poll_interval_seconds", 60, 10, 86400),
         network_timeout_seconds=_integer(raw, "network_timeout_seconds", 30, 1, 600),
         fallback_repo_url=_url(raw, "fallback_repo_url") if "fallback_repo_url" in raw else "",
+        tls=tls,
+    )
+
+
+def _tls(raw: Any, base: Path) -> TlsConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("[tls] must be a table")
+    if ("cert_file" in raw) != ("key_file" in raw):
+        raise ConfigError("'tls.cert_file' and 'tls.key_file' go together: give both or neither")
+    with_certificate = "cert_file" in raw
+    return TlsConfig(
+        ca_file=_existing_file(raw, "ca_file", base, "tls."),
+        cert_file=_existing_file(raw, "cert_file", base, "tls.") if with_certificate else None,
+        key_file=_existing_file(raw, "key_file", base, "tls.") if with_certificate else None,
     )
 
 
@@ -309,10 +350,10 @@ def _path(raw: dict[str, Any], key: str, base: Path, prefix: str = "") -> Path:
     return base / Path(_string(raw, key, prefix)).expanduser()
 
 
-def _existing_file(raw: dict[str, Any], key: str, base: Path) -> Path:
-    path = _path(raw, key, base)
+def _existing_file(raw: dict[str, Any], key: str, base: Path, prefix: str = "") -> Path:
+    path = _path(raw, key, base, prefix)
     if not path.is_file():
-        raise ConfigError(f"'{key}' names {path}, which is not a file")
+        raise ConfigError(f"'{prefix}{key}' names {path}, which is not a file")
     return path
 
 

@@ -72,11 +72,28 @@ class CheckInAnswer:
 class VehicleLink:
     """A ``VehicleService`` client over one gRPC channel."""
 
-    def __init__(self, target: str, *, timeout_seconds: float) -> None:
-        """Open a channel to ``target`` (``host:port``); calls time out after the timeout."""
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_seconds: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Open a channel to ``target`` (``host:port``); calls time out after the timeout.
+
+        Args:
+            target: The relay's (or server's) gRPC endpoint.
+            timeout_seconds: The deadline of each call.
+            credentials: TLS credentials (the fleet certificate, see ``client.tls``);
+                None for a plain channel.
+        """
         self._target = target
         self._timeout = timeout_seconds
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
         self._stub = vehicle_pb2_grpc.VehicleServiceStub(self._channel)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from keys.fleet_ca import FleetCA
 from server.errors import StaffelError
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -160,6 +161,23 @@ class Sandbox:
             command += ["--staging-wait", str(staging_wait)]
         return self.start(name, *command)
 
+    def fleet_ca(self) -> FleetCA:
+        """The sandbox's fleet CA (``ROOT/fleet-ca``), created on first use."""
+        directory = self.root / "fleet-ca"
+        if (directory / "ca.key").exists():
+            return FleetCA.load(directory)
+        return FleetCA.create(directory)
+
+    def relay_tls_options(self, name: str, *, site: str) -> tuple[str, ...]:
+        """Issues relay ``name`` a fleet certificate for ``site``; its mTLS options."""
+        issued = self.fleet_ca().issue_relay(name, site=site, hosts=("127.0.0.1",))
+        return (
+            "--site", site,
+            "--tls-ca", str(self.fleet_ca().cert_path),
+            "--tls-cert", str(issued.cert),
+            "--tls-key", str(issued.key),
+        )  # fmt: skip
+
     def start_relay(
         self,
         upstream: Service,
@@ -167,19 +185,24 @@ class Sandbox:
         *,
         options: Sequence[str] = (),
         listen_like: Service | None = None,
+        tls_site: str = "",
     ) -> Service:
         """Starts an edge relay in front of ``upstream`` (the server, or a regional relay).
 
         Args:
             upstream: What the relay fetches from and forwards to.
             name: The service's name; its cache is ``ROOT/NAME/cache`` (kept across restarts).
-            options: More ``staffel-relay`` options (``--site``, ``--tls-ca``, ...).
+            options: More ``staffel-relay`` options (``--relay-id``, ``--staging-interval``, ...).
             listen_like: A stopped relay whose ports the new one takes (a restart).
+            tls_site: Serve this site with mTLS: the relay gets a fleet certificate (see
+                :meth:`relay_tls_options`) and answers only that site's vehicles.
         """
         grpc_listen, http_listen = "127.0.0.1:0", "127.0.0.1:0"
         if listen_like is not None:
             grpc_listen = listen_like.grpc
             http_listen = listen_like.http.split("://", 1)[-1]
+        if tls_site:
+            options = (*self.relay_tls_options(name, site=tls_site), *options)
         return self.start(
             name,
             tool("staffel-relay"),
@@ -236,12 +259,25 @@ class Sandbox:
         hardware_id: str,
         health_command: Sequence[str] = ("/bin/true",),
         site: str = "",
+        certificate_site: str | None = None,
     ) -> VehicleSetup:
         """Registers a vehicle with one gateway ECU and writes its client config.
 
         The vehicle talks to ``via`` (a relay, or the server itself); ``staffel fleet
         provision`` makes the gateway's key pair (``ecu-keys/SERIAL.pem``) and registers
-        its public key, and the config names the key file.
+        its public key, and the config names the key file. When ``via`` serves https (a
+        relay with mTLS) the vehicle trusts the sandbox's fleet CA (``[tls]``).
+
+        Args:
+            server: Where the vehicle is registered.
+            via: Where the vehicle checks in and downloads.
+            vin: The vehicle's VIN.
+            model: Its model.
+            hardware_id: Its gateway's hardware id.
+            health_command: The post-boot health check.
+            site: The site it is registered at.
+            certificate_site: Give the vehicle a fleet certificate naming this site
+                (normally ``site``); None: no certificate.
         """
         directory = self.root / "vehicles" / vin
         serial = f"gw-{vin[-6:].lower()}"
@@ -272,9 +308,25 @@ class Sandbox:
             "max_tries = 3\n\n"
             "[health]\n"
             f"command = [{health}]\n"
-            "timeout_seconds = 30\n"
+            "timeout_seconds = 30\n" + self._vehicle_tls(vehicle, via, certificate_site)
         )
         return vehicle
+
+    def _vehicle_tls(self, vehicle: VehicleSetup, via: Service, site: str | None) -> str:
+        """The ``[tls]`` table of a vehicle's config (empty when ``via`` is plain HTTP)."""
+        if site is None and not via.http.startswith("https://"):
+            return ""
+        ca = self.fleet_ca()
+        fleet = vehicle.directory / "fleet"
+        fleet.mkdir(parents=True, exist_ok=True)
+        (fleet / "ca.crt").write_bytes(ca.cert_path.read_bytes())
+        table = '\n[tls]\nca_file = "fleet/ca.crt"\n'
+        if site is not None:
+            ca.issue_vehicle(vehicle.vin, site=site, out=fleet)
+            table += (
+                f'cert_file = "fleet/{vehicle.vin}.crt"\nkey_file = "fleet/{vehicle.vin}.key"\n'
+            )
+        return table
 
     def client_once(self, vehicle: VehicleSetup) -> subprocess.Popen[str]:
         """Starts one update cycle of a vehicle's client; its stdout is a pipe."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class ImageDownloader:
         timeout_seconds: float,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Create a downloader with its own connection pool.
 
@@ -83,6 +85,8 @@ class ImageDownloader:
             timeout_seconds: Connect timeout and the longest silence between bytes.
             retry: Retry and slow-retrieval limits.
             sleep: Waits between attempts.
+            ssl_context: For https URLs: the CA to trust and the certificate to present
+                (see ``client.tls``); None uses urllib3's defaults.
         """
         if not repo_urls:
             raise ValueError("at least one repository URL is needed")
@@ -92,6 +96,7 @@ class ImageDownloader:
         self._pool = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
             retries=False,
+            ssl_context=ssl_context,
         )
         self.bytes_fetched = 0
         self.requests = 0

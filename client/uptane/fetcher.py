@@ -1,15 +1,67 @@
-"""The Director fetcher: per-vehicle metadata from the check-in answer, roots over HTTP."""
+"""ngclient's fetchers: metadata over HTTP(S), and the Director's from the check-in answer."""
 
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tuf.api.exceptions import DownloadHTTPError
+import urllib3
+from tuf.api.exceptions import DownloadHTTPError, SlowRetrievalError
 from tuf.ngclient.fetcher import FetcherInterface
 
 _VERSIONED = re.compile(r"(\d+)\.(root|snapshot|targets)\.json")
+
+
+class HttpFetcher(FetcherInterface):
+    """Metadata over HTTP or HTTPS; with mTLS, the fleet CA and certificate of ``client.tls``.
+
+    A timeout (connect, or silence between bytes) raises ngclient's ``SlowRetrievalError``,
+    an HTTP error status its ``DownloadHTTPError``; other network failures (refused
+    connections, TLS handshakes) leave as urllib3 errors.
+    """
+
+    CHUNK_SIZE = 64 * 1024  # bytes
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        user_agent: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Create a fetcher with its own connection pool.
+
+        Args:
+            timeout_seconds: Connect timeout and the longest silence between bytes.
+            user_agent: The ``User-Agent`` header.
+            ssl_context: For https: the CA to trust and the certificate to present.
+        """
+        self._pool = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
+            retries=False,
+            headers={"User-Agent": user_agent},
+            ssl_context=ssl_context,
+        )
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            response = self._pool.request("GET", url, preload_content=False)
+        except urllib3.exceptions.TimeoutError as exc:
+            raise SlowRetrievalError(f"{url}: {exc}") from exc
+        if response.status >= 400:
+            response.release_conn()
+            raise DownloadHTTPError(f"{url}: HTTP {response.status}", response.status)
+        return self._chunks(url, response)
+
+    def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            yield from response.stream(self.CHUNK_SIZE)
+        except urllib3.exceptions.TimeoutError as exc:
+            raise SlowRetrievalError(f"{url}: {exc}") from exc
+        finally:
+            response.release_conn()
 
 
 @dataclass(frozen=True)

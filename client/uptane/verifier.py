@@ -8,6 +8,7 @@ so the pinned root stays the trust anchor even after a rotation.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +19,11 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from client.config import EcuConfig
 from client.errors import DownloadError, StateError, VerificationError
 from client.images import Image
-from client.uptane.fetcher import DirectorFetcher, DirectorMetadata
+from client.uptane.fetcher import DirectorFetcher, DirectorMetadata, HttpFetcher
 from client.uptane.policy import check_agreement, select_director_image
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class UptaneVerifier:
         image_root: Path,
         director_root: Path,
         timeout_seconds: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Create a verifier whose metadata caches live in ``state_dir``.
 
@@ -85,6 +86,8 @@ class UptaneVerifier:
             image_root: The Image repository root pinned at provisioning.
             director_root: The Director root pinned at provisioning.
             timeout_seconds: Connect timeout and longest silence of metadata downloads.
+            ssl_context: For an https ``repo_url``: the fleet CA and the vehicle's
+                certificate (see ``client.tls``).
         """
         self._director_dir = state_dir / "director-metadata"
         self._image_dir = state_dir / "image-metadata"
@@ -92,6 +95,7 @@ class UptaneVerifier:
         self._image_root = image_root
         self._director_root = director_root
         self._timeout_seconds = timeout_seconds
+        self._ssl_context = ssl_context
 
     def verify(
         self,
@@ -134,7 +138,11 @@ class UptaneVerifier:
         return image
 
     def _http_fetcher(self) -> FetcherInterface:
-        return Urllib3Fetcher(socket_timeout=self._timeout_seconds, app_user_agent="staffel-client")
+        return HttpFetcher(
+            timeout_seconds=self._timeout_seconds,
+            user_agent="staffel-client",
+            ssl_context=self._ssl_context,
+        )
 
     def _director_targets(self, director_metadata: DirectorMetadata) -> Targets:
         fetcher = DirectorFetcher(director_metadata, self._http_fetcher())

@@ -100,3 +100,53 @@ def test_duplicate_ecu_serials_are_refused(config_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="ECU serials must be unique"):
         load_config(config_path)
+
+
+def _add_tls(config_path: Path, table: str) -> None:
+    for name in ("ca.crt", "vehicle.crt", "vehicle.key"):
+        (config_path.parent / name).write_text("PEM\n")
+    _edit(config_path, 'repo_url = "http://', 'repo_url = "https://')
+    config_path.write_text(config_path.read_text() + f"\n[tls]\n{table}")
+
+
+def test_a_tls_table_names_the_fleet_ca_and_the_vehicle_certificate(config_path: Path) -> None:
+    _add_tls(
+        config_path, 'ca_file = "ca.crt"\ncert_file = "vehicle.crt"\nkey_file = "vehicle.key"\n'
+    )
+
+    tls = load_config(config_path).tls
+
+    folder = config_path.parent.resolve()
+    assert tls is not None
+    assert (tls.ca_file, tls.cert_file, tls.key_file) == (
+        folder / "ca.crt",
+        folder / "vehicle.crt",
+        folder / "vehicle.key",
+    )
+
+
+def test_tls_is_off_without_the_table(config_path: Path) -> None:
+    assert load_config(config_path).tls is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('cert_file = "vehicle.crt"\nkey_file = "vehicle.key"\n', r"'tls.ca_file' is required"),
+        ('ca_file = "ca.crt"\ncert_file = "vehicle.crt"\n', r"give both or neither"),
+        ('ca_file = "missing.crt"\n', r"'tls.ca_file' names .*missing.crt, which is not a file"),
+    ],
+)
+def test_invalid_tls_tables_are_named(config_path: Path, table: str, message: str) -> None:
+    _add_tls(config_path, table)
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(config_path)
+
+
+def test_tls_needs_an_https_repo_url(config_path: Path) -> None:
+    _add_tls(config_path, 'ca_file = "ca.crt"\n')
+    _edit(config_path, 'repo_url = "https://', 'repo_url = "http://')
+
+    with pytest.raises(ConfigError, match=r"with \[tls\], 'repo_url' must start with https://"):
+        load_config(config_path)
