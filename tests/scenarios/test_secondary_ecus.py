@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ def _secondary(
     (home / "slots").mkdir(parents=True)
     (home / "slots" / "A.img").write_bytes(FACTORY_IMAGE)
     (home / "director-root.json").write_bytes((vehicle / "director-root.json").read_bytes())
+    # The ECU's key, made at provisioning (its public key is registered), goes onto the ECU.
+    (home / "state").mkdir(mode=0o700)
+    shutil.copy2(vehicle / "ecu-keys" / f"{serial}.pem", home / "state" / "ecu-key.pem")
     config = home / "secondary.toml"
     config.write_text(
         f'vin = "{vin}"\nserial = "{serial}"\nhardware_id = "{BODY_HARDWARE_ID}"\n'
@@ -92,6 +96,7 @@ def _vehicle(
         'state_dir = "state"\nimage_root = "image-root.json"\n'
         'director_root = "director-root.json"\npoll_interval_seconds = 10\n\n'
         f'[[ecus]]\nserial = "{gateway}"\nhardware_id = "{HARDWARE_ID}"\nprimary = true\n'
+        f'key_file = "ecu-keys/{gateway}.pem"\n'
         f'{entries}\n[slots]\nbackend = "file"\ndirectory = "slots"\n\n'
         '[health]\ncommand = ["/bin/true"]\n'
     )
