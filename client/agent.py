@@ -280,6 +280,8 @@ class Agent:
                 release_counter_floor=state.release_counter,
             )
             self._secondaries.prepare(record.assignment_id, offer.director, self._verifier)
+        except TransferInterruptedError:
+            raise  # the assignment stays at this step; the next check-in verifies again
         except UpdateError as exc:
             self._fail(record, exc)
             return

@@ -21,7 +21,12 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
 from client.config import EcuConfig
-from client.errors import DownloadError, StateError, VerificationError
+from client.errors import (
+    DownloadError,
+    StateError,
+    TransferInterruptedError,
+    VerificationError,
+)
 from client.images import Image
 from client.uptane.fetcher import DirectorFetcher, DirectorMetadata, HttpFetcher
 from client.uptane.policy import check_agreement, select_director_image
@@ -118,7 +123,8 @@ class UptaneVerifier:
 
         Raises:
             VerificationError: Metadata was refused, or the repositories disagree.
-            DownloadError: Metadata could not be fetched.
+            TransferInterruptedError: Metadata could not be fetched now (network).
+            DownloadError: A metadata file was longer than allowed.
             StateError: The pinned roots or the metadata caches cannot be read or written.
         """
         for role in ("timestamp", "snapshot", "targets"):
@@ -186,14 +192,26 @@ class UptaneVerifier:
 
 @contextmanager
 def _translated(repository: str) -> Iterator[None]:
-    """Translate python-tuf and OS errors of one repository into the client's error tree."""
+    """Translate python-tuf and OS errors of one repository into the client's error tree.
+
+    Refused metadata (signatures, hashes, expiry, rollback, a file longer than allowed) is
+    a verification failure; a network failure (a timeout, a refused connection, an HTTP
+    error status) is transient: the offer is verified again at the next check-in.
+    """
     try:
         yield
     except tuf_errors.RepositoryError as exc:
         raise VerificationError(f"{repository} metadata refused: {_explain(exc)}") from exc
-    except tuf_errors.DownloadError as exc:
+    except tuf_errors.DownloadLengthMismatchError as exc:
         raise DownloadError(f"cannot fetch {repository} metadata: {_explain(exc)}") from exc
+    except tuf_errors.DownloadError as exc:
+        raise TransferInterruptedError(
+            f"cannot fetch {repository} metadata now ({_explain(exc)}); "
+            "retrying at the next check-in"
+        ) from exc
     except urllib3.exceptions.HTTPError as exc:
-        raise DownloadError(f"cannot fetch {repository} metadata: {exc}") from exc
+        raise TransferInterruptedError(
+            f"cannot fetch {repository} metadata now ({exc}); retrying at the next check-in"
+        ) from exc
     except OSError as exc:
         raise StateError(f"cannot use the {repository} metadata cache: {exc}") from exc
