@@ -37,6 +37,8 @@ from server.auth.interceptor import AuthInterceptor
 from server.auth.roles import Principal, Role
 from server.auth.tokens import create_token
 from server.campaigns.engine import CampaignEngine
+from server.campaigns.offers import QuietVehicles
+from server.campaigns.presence import FLUSH_INTERVAL_SECONDS, LastSeenBuffer
 from server.clock import Clock, system_clock
 from server.errors import StaffelError
 from server.logs import configure_logging
@@ -89,6 +91,11 @@ class ServerConfig:
     engine_interval_seconds: float = 1.0
     # How long a site's relay that has not staged a wave's bundle may hold the wave there.
     staging_wait: timedelta = DEFAULT_WAIT
+    # SO_REUSEPORT on both listeners, so one server process per core can share the ports.
+    # Off by default: a port that is busy is then an error, not a silent second server.
+    reuse_port: bool = False
+    presence_flush_seconds: float = FLUSH_INTERVAL_SECONDS  # seconds between last-seen writes
+    offer_epoch_seconds: float = 1.0  # seconds between reads of the offer epoch
     # Upgrade the database's schema at start-up; off: a database behind refuses to start.
     auto_migrate: bool = False
 
@@ -121,11 +128,16 @@ class StaffelServer:
                 seconds
             )
         )
+        self.presence = LastSeenBuffer()
+        self.quiet = QuietVehicles()
+        self.quiet.watch_local_writes(self.database)
         self.health = HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
+        self._presence_flusher: asyncio.Task[None] | None = None
+        self._epoch_reader: asyncio.Task[None] | None = None
         self.grpc_address = ""
         self.http_url = ""
 
@@ -139,7 +151,7 @@ class StaffelServer:
             ],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.config.reuse_port)),
             ],
         )
         vehicle_pb2_grpc.add_VehicleServiceServicer_to_server(
@@ -149,6 +161,8 @@ class StaffelServer:
                 metrics=self.metrics,
                 poll_seconds=self.config.poll_seconds,
                 clock=self.clock,
+                presence=self.presence,
+                quiet=self.quiet,
             ),
             server,
         )
@@ -203,15 +217,21 @@ class StaffelServer:
         self.tracing = Tracing.start(
             service_name="staffel-server", endpoint=self.config.otlp_endpoint
         )
+        await asyncio.to_thread(self.quiet.refresh, self.database)
         self._grpc = self._grpc_server()
-        bound = self._grpc.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        try:
+            bound = self._grpc.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        except RuntimeError:  # grpcio >= 1.5x raises where older ones returned 0
+            bound = 0
         if bound == 0:
             raise StaffelError(f"cannot listen for gRPC on {self.config.grpc_listen}")
         await self._grpc.start()
         self.grpc_address = f"{grpc_host}:{bound}"
         self._http = web.AppRunner(self._http_app(), access_log=None)
         await self._http.setup()
-        site = web.TCPSite(self._http, http_host, http_port)
+        site = web.TCPSite(
+            self._http, http_host, http_port, reuse_port=self.config.reuse_port or None
+        )
         await site.start()
         actual_port = self._http.addresses[0][1]
         self.http_url = f"http://{http_host}:{actual_port}"
@@ -220,6 +240,8 @@ class StaffelServer:
         self._refresher = asyncio.create_task(self._refresh_metadata())
         if self.config.engine_interval_seconds > 0:
             self._stepper = asyncio.create_task(self._step_campaigns())
+        self._presence_flusher = asyncio.create_task(self._flush_presence())
+        self._epoch_reader = asyncio.create_task(self._read_offer_epoch())
         log.info("serving gRPC on %s and HTTP on %s", self.grpc_address, self.http_url)
 
     async def _refresh_metadata(self) -> None:
@@ -243,17 +265,42 @@ class StaffelServer:
                 leading = await asyncio.to_thread(self.engine_lock.hold)
                 self.metrics.engine_leader.set(int(leading))
                 if leading:
-                    await asyncio.to_thread(self.engine.step)
+                    await asyncio.to_thread(self._step_and_read_epoch)
             except Exception:
                 # Logged and retried: one bad step must not stop every campaign for good.
                 log.exception("campaign engine step failed; retrying at the next interval")
             await asyncio.sleep(self.config.engine_interval_seconds)
 
+    def _step_and_read_epoch(self) -> None:
+        self.engine.step()
+        # A step that released assignments moved the epoch: resume quiet answers at once.
+        self.quiet.refresh(self.database)
+
+    async def _flush_presence(self) -> None:
+        """Writes the buffered last-seen moments on an interval until cancelled."""
+        while True:
+            await asyncio.sleep(self.config.presence_flush_seconds)
+            try:
+                await asyncio.to_thread(self.presence.flush, self.database)
+            except Exception:
+                # Kept in the buffer and written at the next interval.
+                log.exception("writing last-seen moments failed; retrying at the next interval")
+
+    async def _read_offer_epoch(self) -> None:
+        """Follows the offer epoch, so quiet answers end within a second of any change."""
+        while True:
+            await asyncio.sleep(self.config.offer_epoch_seconds)
+            try:
+                await asyncio.to_thread(self.quiet.refresh, self.database)
+            except Exception:
+                # Quiet answers stop by themselves once the epoch is too old.
+                log.exception("reading the offer epoch failed; retrying at the next interval")
+
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING first, then drain calls, then close the store."""
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.config.shutdown_delay_seconds)
-        for task in (self._refresher, self._stepper):
+        for task in (self._refresher, self._stepper, self._presence_flusher, self._epoch_reader):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -263,6 +310,10 @@ class StaffelServer:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
         if self._http is not None:
             await self._http.cleanup()
+        try:
+            await asyncio.to_thread(self.presence.flush, self.database)
+        except Exception:
+            log.exception("writing the last-seen moments at shutdown failed")
         self.tracing.shutdown()
         self._stop_observing_signing()
         self.database.dispose()
@@ -305,6 +356,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="seconds to answer NOT_SERVING before refusing new calls (Kubernetes: ~10)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT on both listeners, so one server process per core shares "
+        "the ports (default off: a busy port is an error)",
     )
     parser.add_argument(
         "--auto-migrate",
@@ -381,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
         staging_wait=timedelta(seconds=args.staging_wait),
+        reuse_port=args.reuse_port,
         auto_migrate=args.auto_migrate,
         shutdown_delay_seconds=args.shutdown_delay,
         otlp_endpoint=otlp_endpoint(args.otlp_endpoint),

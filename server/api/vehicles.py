@@ -10,8 +10,10 @@ import grpc
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
-from server.campaigns.checkin import check_in
+from server.campaigns.checkin import check_in, check_in_quietly
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
+from server.campaigns.offers import QuietVehicles
+from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, system_clock
 from server.errors import InvalidArgumentError
 from server.fleet.registry import EcuSpec
@@ -64,10 +66,14 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         metrics: ServerMetrics,
         poll_seconds: int,
         clock: Clock = system_clock,
+        presence: LastSeenBuffer | None = None,
+        quiet: QuietVehicles | None = None,
         manifests: ManifestGate | None = None,
     ) -> None:
         self._manifests = manifests or ManifestGate(database, clock=clock)
         self._clock = clock
+        self._presence = presence
+        self._quiet = quiet
         self._database = database
         self._director = director
         self._metrics = metrics
@@ -81,17 +87,32 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         ]
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(request.vin, request.manifest, ecus)
-        await asyncio.to_thread(self._manifests.record, manifest)
-        result = await asyncio.to_thread(
-            check_in,
-            self._database,
-            self._director,
-            vin=request.vin,
-            ecus=ecus,
-            nonce=request.nonce,
-            poll_seconds=self._poll_seconds,
-            clock=self._clock,
-        )
+        result = None
+        if self._quiet is not None and self._presence is not None:
+            # Most check-ins: answered from memory on the event loop, no thread, no SQL.
+            result = check_in_quietly(
+                self._quiet,
+                self._presence,
+                vin=request.vin,
+                ecus=ecus,
+                nonce=request.nonce,
+                poll_seconds=self._poll_seconds,
+                clock=self._clock,
+            )
+        if result is None:
+            await asyncio.to_thread(self._manifests.record, manifest)
+            result = await asyncio.to_thread(
+                check_in,
+                self._database,
+                self._director,
+                vin=request.vin,
+                ecus=ecus,
+                nonce=request.nonce,
+                poll_seconds=self._poll_seconds,
+                clock=self._clock,
+                presence=self._presence,
+                quiet=self._quiet,
+            )
         if result.director is None:
             self._metrics.checkins.labels("nothing_to_do").inc()
             return vehicle_pb2.CheckInResponse(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, and_, bindparam, or_, update
+from sqlalchemy import select as sql_select
+from sqlmodel import Session, SQLModel, col, select
 
-from server.campaigns.models import Assignment, AssignmentState, Campaign, CampaignState
+# Imported for their tables, which the prebuilt statements below name.
+from server.campaigns import models as _campaign_models  # noqa: F401
+from server.campaigns.models import AssignmentState, CampaignState
+from server.campaigns.offers import QuietVehicles
 from server.campaigns.plan import CampaignPlan
+from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
-from server.errors import InvalidArgumentError
-from server.fleet.models import Ecu, Vehicle
-from server.fleet.registry import EcuSpec, load_vehicle
+from server.errors import InvalidArgumentError, NotFoundError
+from server.fleet import models as _fleet_models  # noqa: F401
+from server.fleet.registry import EcuSpec
 from server.releases.catalog import load_bundle_images
 from server.releases.models import Image
 from server.repository.director import Director, DirectorTarget, SignedDirectorMetadata
@@ -50,68 +55,166 @@ def _check_request(vin: str, ecus: Sequence[EcuSpec], nonce: bytes) -> None:
         check_sha256(ecu.installed_sha256, "installed image hash")
 
 
+@dataclass(frozen=True)
+class _Registered:
+    """What the registry holds of a checking-in vehicle."""
+
+    site: str
+    last_seen: datetime | None
+    ecus: tuple[EcuSpec, ...]
+
+
+@dataclass(frozen=True)
+class _Open:
+    """The open assignment of a vehicle, with what the offer needs of its campaign."""
+
+    assignment_id: int
+    state: AssignmentState
+    targets: str
+    bundle_id: int
+    plan: str
+
+
+# Prebuilt Core statements: the check-in runs thousands of times a second, and building an
+# ORM query costs more than the database takes to answer it.
+_VEHICLES = SQLModel.metadata.tables["fleet_vehicle"]
+_ECUS = SQLModel.metadata.tables["fleet_ecu"]
+_ASSIGNMENTS = SQLModel.metadata.tables["campaign_assignment"]
+_CAMPAIGNS = SQLModel.metadata.tables["campaign"]
+_LOAD_VEHICLE = (
+    sql_select(
+        _VEHICLES.c.site,
+        _VEHICLES.c.last_seen,
+        _ECUS.c.serial,
+        _ECUS.c.hardware_id,
+        _ECUS.c.primary,
+        _ECUS.c.installed_sha256,
+    )
+    .select_from(_VEHICLES.outerjoin(_ECUS, _ECUS.c.vin == _VEHICLES.c.vin))
+    .where(_VEHICLES.c.vin == bindparam("vin"))
+    .order_by(_ECUS.c.serial)
+)
+_SET_INSTALLED = (
+    update(_ECUS)
+    .where(_ECUS.c.serial == bindparam("ecu_serial"))
+    .values(installed_sha256=bindparam("sha256"))
+)
+_SET_CHANGED = (
+    update(_VEHICLES)
+    .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
+    .values(changed_at=bindparam("changed_at"))
+)
+_SET_LAST_SEEN = (
+    update(_VEHICLES)
+    .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
+    .values(last_seen=bindparam("seen"))
+)
+_OPEN_ASSIGNMENT = (
+    sql_select(
+        _ASSIGNMENTS.c.id,
+        _ASSIGNMENTS.c.state,
+        _ASSIGNMENTS.c.targets,
+        _CAMPAIGNS.c.bundle_id,
+        _CAMPAIGNS.c.plan,
+    )
+    .select_from(_ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
+    .where(_ASSIGNMENTS.c.vin == bindparam("vin"))
+    .where(
+        or_(
+            and_(
+                _CAMPAIGNS.c.state == CampaignState.RUNNING,
+                _ASSIGNMENTS.c.state.in_(_OFFERABLE),
+            ),
+            and_(
+                _CAMPAIGNS.c.state == CampaignState.PAUSED,
+                _ASSIGNMENTS.c.state == AssignmentState.IN_PROGRESS,
+            ),
+        )
+    )
+    .order_by(_ASSIGNMENTS.c.id)
+    .limit(1)
+    .with_for_update(of=_ASSIGNMENTS)
+)
+
+
+def _load_registered(connection: Connection, vin: str) -> _Registered:
+    rows = connection.execute(_LOAD_VEHICLE, {"vin": vin}).all()
+    if not rows:
+        raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
+    ecus = tuple(
+        EcuSpec(row.serial, row.hardware_id, bool(row.primary), row.installed_sha256)
+        for row in rows
+        if row.serial is not None
+    )
+    return _Registered(site=rows[0].site, last_seen=rows[0].last_seen, ecus=ecus)
+
+
 def _record_inventory(
-    session: Session, vin: str, reported: Sequence[EcuSpec], now: datetime
-) -> tuple[Vehicle, list[Ecu]]:
-    """Checks the reported ECUs against the registry and stores what changed."""
-    vehicle, registered = load_vehicle(session, vin)
-    by_serial = {ecu.serial: ecu for ecu in registered}
+    connection: Connection,
+    vin: str,
+    reported: Sequence[EcuSpec],
+    now: datetime,
+    *,
+    write_last_seen: bool,
+) -> tuple[_Registered, bool]:
+    """Checks the reported ECUs against the registry and stores what changed.
+
+    Returns the registry's view (with the reported images) and whether an image changed.
+    """
+    registered = _load_registered(connection, vin)
+    by_serial = {ecu.serial: ecu for ecu in registered.ecus}
     reported_serials = {ecu.serial for ecu in reported}
     if reported_serials != set(by_serial) or len(reported_serials) != len(reported):
         raise InvalidArgumentError(
             f"vehicle {vin} reported ECUs {sorted(reported_serials)}, "
             f"registered are {sorted(by_serial)}"
         )
+    changed = []
     for ecu in reported:
-        known: Ecu = by_serial[ecu.serial]
+        known = by_serial[ecu.serial]
         if ecu.hardware_id != known.hardware_id:
             raise InvalidArgumentError(
                 f"ECU {ecu.serial} reported hardware id {ecu.hardware_id!r}, "
                 f"registered is {known.hardware_id!r}"
             )
         if ecu.installed_sha256 != known.installed_sha256:
-            known.installed_sha256 = ecu.installed_sha256
-            session.add(known)
-            # Installed images are a selector: the vehicle may now join a campaign.
-            vehicle.changed_at = now
-            session.add(vehicle)
-    last_seen = vehicle.last_seen
-    if last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION:
-        vehicle.last_seen = now
-        session.add(vehicle)
-    return vehicle, registered
-
-
-def _open_assignment(session: Session, vin: str) -> tuple[Assignment, Campaign] | None:
-    """The assignment to offer: released in a running campaign, or taken in a paused one."""
-    row = session.exec(
-        select(Assignment, Campaign)
-        .join(Campaign, col(Campaign.id) == col(Assignment.campaign_id))
-        .where(Assignment.vin == vin)
-        .where(
-            or_(
-                and_(
-                    col(Campaign.state) == CampaignState.RUNNING,
-                    col(Assignment.state).in_(_OFFERABLE),
-                ),
-                and_(
-                    col(Campaign.state) == CampaignState.PAUSED,
-                    col(Assignment.state) == AssignmentState.IN_PROGRESS,
-                ),
-            )
+            changed.append({"ecu_serial": ecu.serial, "sha256": ecu.installed_sha256})
+    if changed:
+        connection.execute(_SET_INSTALLED, changed)
+        # Installed images are a selector: the vehicle may now join a campaign.
+        connection.execute(_SET_CHANGED, {"vehicle_vin": vin, "changed_at": now})
+        installed = {c["ecu_serial"]: c["sha256"] for c in changed}
+        registered = _Registered(
+            site=registered.site,
+            last_seen=registered.last_seen,
+            ecus=tuple(
+                replace(e, installed_sha256=installed.get(e.serial, e.installed_sha256))
+                for e in registered.ecus
+            ),
         )
-        .order_by(col(Assignment.id))
-        .limit(1)
-        .with_for_update(of=Assignment)
-    ).first()
-    return (row[0], row[1]) if row else None
+    last_seen = registered.last_seen
+    if write_last_seen and (last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION):
+        connection.execute(_SET_LAST_SEEN, {"vehicle_vin": vin, "seen": now})
+    return registered, bool(changed)
 
 
-def _targets(
-    session: Session, assignment: Assignment, campaign: Campaign, ecus: Sequence[Ecu]
-) -> list[DirectorTarget]:
-    if assignment.targets:
-        wanted: dict[str, str] = json.loads(assignment.targets)
+def _open_assignment(connection: Connection, vin: str) -> _Open | None:
+    """The assignment to offer: released in a running campaign, or taken in a paused one."""
+    row = connection.execute(_OPEN_ASSIGNMENT, {"vin": vin}).first()
+    if row is None:
+        return None
+    return _Open(
+        assignment_id=row.id,
+        state=AssignmentState(row.state),
+        targets=row.targets,
+        bundle_id=row.bundle_id,
+        plan=row.plan,
+    )
+
+
+def _targets(session: Session, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
+    if found.targets:
+        wanted: dict[str, str] = json.loads(found.targets)
         images = {
             i.target_name: i
             for i in session.exec(
@@ -122,7 +225,7 @@ def _targets(
     else:
         pairs = [
             (image, ecu)
-            for image in load_bundle_images(session, campaign.bundle_id)
+            for image in load_bundle_images(session, found.bundle_id)
             for ecu in ecus
             if ecu.hardware_id == image.hardware_id
         ]
@@ -138,6 +241,31 @@ def _targets(
     ]
 
 
+def check_in_quietly(
+    quiet: QuietVehicles,
+    presence: LastSeenBuffer,
+    *,
+    vin: str,
+    ecus: Sequence[EcuSpec],
+    nonce: bytes,
+    poll_seconds: int,
+    clock: Clock = system_clock,
+) -> CheckInResult | None:
+    """The answer from memory for a vehicle known to have nothing to do; no I/O.
+
+    Returns None when the database must decide (unknown vehicle, changed inventory, or
+    the offer epoch moved since the vehicle was last seen quiet).
+
+    Raises:
+        InvalidArgumentError: malformed request.
+    """
+    if not quiet.is_quiet(vin, ecus):
+        return None
+    _check_request(vin, ecus, nonce)
+    presence.mark(vin, clock())
+    return CheckInResult(next_poll_seconds=poll_seconds)
+
+
 def check_in(
     database: Database,
     director: Director,
@@ -147,8 +275,22 @@ def check_in(
     nonce: bytes,
     poll_seconds: int,
     clock: Clock = system_clock,
+    presence: LastSeenBuffer | None = None,
+    quiet: QuietVehicles | None = None,
 ) -> CheckInResult:
     """Handles one check-in.
+
+    Args:
+        database: The store.
+        director: Signs the vehicle's Director metadata for an offer.
+        vin: The vehicle.
+        ecus: What each of its ECUs reports.
+        nonce: Fresh random bytes.
+        poll_seconds: When the vehicle should check in next.
+        clock: The server's clock.
+        presence: Buffers last-seen moments (the server's); None writes them in the
+            check-in's own transaction at most once per ``LAST_SEEN_RESOLUTION``.
+        quiet: Remembers vehicles with nothing to do, for :func:`check_in_quietly`.
 
     Raises:
         InvalidArgumentError: malformed request, or ECUs that differ from the registry.
@@ -156,39 +298,54 @@ def check_in(
     """
     _check_request(vin, ecus, nonce)
     now = clock()
+    # Read before the database is asked: a change committed later advances the epoch.
+    epoch = quiet.epoch if quiet is not None else None
     with database.session() as session:
-        vehicle, registered = _record_inventory(session, vin, ecus, now)
-        found = _open_assignment(session, vin)
-        if found is None:
-            return CheckInResult(next_poll_seconds=poll_seconds)
-        assignment, campaign = found
-        targets = _targets(session, assignment, campaign, registered)
-        if not targets:
-            assignment.state = AssignmentState.FAILED
-            assignment.failure_type = "install"
-            assignment.reported_at = now
-            assignment.last_event = (
-                "failed: no ECU of the vehicle matches the bundle's hardware ids"
+        connection = session.connection()
+        registered, changed = _record_inventory(
+            connection, vin, ecus, now, write_last_seen=presence is None
+        )
+        found = _open_assignment(connection, vin)
+        targets = [] if found is None else _targets(session, found, registered.ecus)
+        if found is not None and not targets:
+            connection.execute(
+                update(_ASSIGNMENTS)
+                .where(_ASSIGNMENTS.c.id == found.assignment_id)
+                .values(
+                    state=AssignmentState.FAILED,
+                    failure_type="install",
+                    reported_at=now,
+                    last_event="failed: no ECU of the vehicle matches the bundle's hardware ids",
+                    updated_at=now,
+                )
             )
-            assignment.updated_at = now
-            session.add(assignment)
-            return CheckInResult(next_poll_seconds=poll_seconds)
-        if assignment.state == AssignmentState.PENDING:
-            assignment.state = AssignmentState.IN_PROGRESS
-            assignment.offered_at = now
-            assignment.previous = json.dumps(
-                {e.serial: e.installed_sha256 for e in registered}, sort_keys=True
+        elif found is not None and found.state == AssignmentState.PENDING:
+            connection.execute(
+                update(_ASSIGNMENTS)
+                .where(_ASSIGNMENTS.c.id == found.assignment_id)
+                .values(
+                    state=AssignmentState.IN_PROGRESS,
+                    offered_at=now,
+                    previous=json.dumps(
+                        {e.serial: e.installed_sha256 for e in registered.ecus}, sort_keys=True
+                    ),
+                    last_event="offered",
+                    updated_at=now,
+                )
             )
-            assignment.last_event = "offered"
-            assignment.updated_at = now
-            session.add(assignment)
-        window = CampaignPlan.from_json(campaign.plan).window_for(vehicle.site)
-        install_window = window.occurrence(now) if window is not None else None
-        assignment_id = str(assignment.id)
+    if presence is not None:
+        presence.mark(vin, now)
+    if changed and quiet is not None:
+        quiet.forget(vin)
+    if found is None or not targets:
+        if found is None and quiet is not None and epoch is not None and not changed:
+            quiet.remember(vin, ecus, epoch)
+        return CheckInResult(next_poll_seconds=poll_seconds)
+    window = CampaignPlan.from_json(found.plan).window_for(registered.site)
     signed = director.sign_for_vehicle(vin, targets)
     return CheckInResult(
         next_poll_seconds=poll_seconds,
-        assignment_id=assignment_id,
+        assignment_id=str(found.assignment_id),
         director=signed,
-        install_window=install_window,
+        install_window=window.occurrence(now) if window is not None else None,
     )
