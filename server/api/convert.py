@@ -41,6 +41,12 @@ def image_message(image: Image) -> release_pb2.Image:
         sha256=image.sha256,
         length=image.length,
         uploaded_at=timestamp(image.uploaded_at),
+        uploaded_by=image.uploaded_by,
+        uploader_role=image.uploader_role,
+        signed_role=image.signed_role,
+        signed_version=image.signed_version,
+        signed_keyids=[k for k in image.signed_keyids.split(",") if k],
+        signed_at=timestamp(image.signed_at),
     )
 
 

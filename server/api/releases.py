@@ -10,6 +10,7 @@ import grpc
 from staffel.v1 import release_pb2, release_pb2_grpc
 
 from server.api.convert import bundle_message, image_message
+from server.auth.interceptor import caller
 from server.errors import InvalidArgumentError
 from server.metrics import ServerMetrics
 from server.releases.catalog import (
@@ -50,6 +51,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> release_pb2.Image:
         chunks = aiter(request_iterator)
+        uploader = caller()
         first = await anext(chunks, None)
         if first is None or not first.HasField("header"):
             raise InvalidArgumentError("the first message of an upload must be the image header")
@@ -74,7 +76,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             writer.abort()
             raise
         image = await asyncio.to_thread(
-            register_image, self._database, self._image_repo, header, blob
+            register_image, self._database, self._image_repo, header, blob, uploader=uploader
         )
         self._metrics.images_published.inc()
         return image_message(image)

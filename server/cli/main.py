@@ -8,8 +8,9 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -134,14 +135,36 @@ def image_list(args: argparse.Namespace) -> int:
         answer = release_pb2_grpc.ReleaseServiceStub(channel).ListImages(
             release_pb2.ListImagesRequest(), timeout=RPC_TIMEOUT_SECONDS
         )
-    rows = [f"{'IMAGE':<32} {'HARDWARE':<16} {'COUNTER':>8} {'BYTES':>12}  SHA256"]
+    rows = [
+        f"{'IMAGE':<32} {'HARDWARE':<16} {'COUNTER':>8} {'BYTES':>12}  {'SHA256':<17}  "
+        f"{'UPLOADED BY':<28} {'UPLOADED AT':<20}  {'SIGNED BY':<28} SIGNED AT"
+    ]
     rows += [
         f"{i.target_name:<32} {i.hardware_id:<16} {i.release_counter:>8} {i.length:>12}  "
-        f"{i.sha256[:16]}…"
+        f"{i.sha256[:16]}…  {_uploader(i):<28} {_when(i, 'uploaded_at'):<20}  "
+        f"{_signer(i):<28} {_when(i, 'signed_at')}"
         for i in answer.images
     ]
     _print(args, answer, "\n".join(rows))
     return 0
+
+
+def _uploader(image: release_pb2.Image) -> str:
+    return f"{image.uploaded_by} ({image.uploader_role})" if image.uploader_role else "unknown"
+
+
+def _signer(image: release_pb2.Image) -> str:
+    if not image.signed_role:
+        return "unknown"
+    keys = ",".join(k[:8] for k in image.signed_keyids)
+    return f"{image.signed_role} v{image.signed_version} [{keys}]"
+
+
+def _when(image: release_pb2.Image, field: Literal["uploaded_at", "signed_at"]) -> str:
+    if not image.HasField(field):
+        return "-"
+    moment: datetime = getattr(image, field).ToDatetime(tzinfo=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def bundle_create(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
 
+from server.auth.roles import Principal
 from server.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from server.releases.models import Bundle, BundleImage, Image
 from server.repository.blobs import BlobInfo
@@ -88,13 +89,22 @@ def check_image_is_new(database: Database, header: ImageHeader) -> None:
 
 
 def register_image(
-    database: Database, image_repo: ImageRepository, header: ImageHeader, blob: BlobInfo
+    database: Database,
+    image_repo: ImageRepository,
+    header: ImageHeader,
+    blob: BlobInfo,
+    *,
+    uploader: Principal,
 ) -> Image:
-    """Adds a stored blob to the Image repository and the catalog."""
+    """Adds a stored blob to the Image repository and the catalog.
+
+    The catalog records who uploaded the image (``uploader``) and who signed the
+    targets metadata version that added it, and when.
+    """
     check_image_is_new(database, header)
     if blob.length == 0:
         raise InvalidArgumentError("an image must not be empty")
-    image_repo.add_image(
+    signing = image_repo.add_image(
         target_name=header.target_name,
         sha256=blob.sha256,
         length=blob.length,
@@ -114,9 +124,17 @@ def register_image(
         sha256=blob.sha256,
         length=blob.length,
         uploaded_at=datetime.now(UTC).replace(microsecond=0),
+        uploaded_by=uploader.name,
+        uploader_role=uploader.role.value,
+        signed_role=signing.role,
+        signed_version=signing.version,
+        signed_keyids=",".join(signing.keyids),
+        signed_at=signing.signed_at,
     )
     with database.session() as session:
         session.add(image)
+        session.flush()
+        session.expunge(image)
     return image
 
 

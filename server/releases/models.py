@@ -20,6 +20,14 @@ class Image(SQLModel, table=True):
     sha256: str = Field(index=True, max_length=64)
     length: int
     uploaded_at: datetime
+    # Who uploaded it: the caller's token name and role.
+    uploaded_by: str = Field(default="", max_length=64)
+    uploader_role: str = Field(default="", max_length=32)
+    # Who signed the targets metadata version that added it: role, version, key ids.
+    signed_role: str = Field(default="", max_length=64)
+    signed_version: int = Field(default=0)
+    signed_keyids: str = Field(default="", max_length=2048)  # comma-separated, sorted
+    signed_at: datetime | None = Field(default=None)
 
 
 class Bundle(SQLModel, table=True):

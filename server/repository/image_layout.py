@@ -57,6 +57,23 @@ class ImageTarget:
         )
 
 
+@dataclass(frozen=True)
+class Signing:
+    """Who signed the targets metadata version that added an image, and when.
+
+    Attributes:
+        role: The delegated role whose metadata names the image, e.g. ``bin-03a``.
+        version: That role's metadata version that added the image.
+        keyids: The key ids whose signatures that version carries.
+        signed_at: When it was signed (the repository's clock).
+    """
+
+    role: str
+    version: int
+    keyids: tuple[str, ...]
+    signed_at: datetime
+
+
 def bins_keys(keys: KeySet) -> dict[str, Key]:
     """The online keys that sign the bins role and the bins, by key id."""
     return {key.keyid: key for key in keys.public_keys("image", BINS_ROLE)}

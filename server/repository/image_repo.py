@@ -34,6 +34,7 @@ from server.observability.signing import timed_signing
 from server.repository.image_layout import (
     DEFAULT_BIN_BITS,
     ImageTarget,
+    Signing,
     bins_delegation,
     bins_role,
     succinct_roles,
@@ -147,14 +148,20 @@ class ImageRepository:
 
     def add_image(
         self, *, target_name: str, sha256: str, length: int, custom: Mapping[str, Any]
-    ) -> None:
-        """Publishes one image: see :meth:`add_images`."""
-        self.add_images(
-            [ImageTarget(target_name=target_name, sha256=sha256, length=length, custom=custom)]
-        )
+    ) -> Signing:
+        """Publishes one image: see :meth:`add_images`.
 
-    def add_images(self, images: Sequence[ImageTarget]) -> None:
+        Returns:
+            Who signed the metadata version that added it, and when.
+        """
+        image = ImageTarget(target_name=target_name, sha256=sha256, length=length, custom=custom)
+        return self.add_images([image])[target_name]
+
+    def add_images(self, images: Sequence[ImageTarget]) -> dict[str, Signing]:
         """Publishes images: new bins, snapshot and timestamp, in one transaction.
+
+        Returns:
+            For each target name, who signed the metadata version that added it, and when.
 
         Raises:
             InvalidArgumentError: A field is malformed, ``custom`` is not JSON, or a name
@@ -174,6 +181,7 @@ class ImageRepository:
             for image in checked:
                 by_bin.setdefault(roles.get_role_for_target(image.target_name), []).append(image)
             now = self._clock()
+            signings: dict[str, Signing] = {}
             for bin_name, members in sorted(by_bin.items()):
                 filename = f"{bin_name}.json"
                 bin_targets = self._load(session, head.snapshot, filename)
@@ -186,9 +194,12 @@ class ImageRepository:
                     bin_targets.targets[image.target_name] = image.target_file()
                 bin_targets.version += 1
                 bin_targets.expires = expires_after(now, self._expiry.targets)
-                self._store_delegated(session, filename, bin_targets, bins)
+                keyids = self._store_delegated(session, filename, bin_targets, bins)
                 head.snapshot.meta[filename] = MetaFile(version=bin_targets.version)
+                signing = Signing(bin_name, bin_targets.version, keyids, now.replace(microsecond=0))
+                signings.update((image.target_name, signing) for image in members)
             self._publish_snapshot(session, head, now)
+        return signings
 
     def refresh_expiring(self, within: timedelta) -> bool:
         """Re-signs snapshot and timestamp (as new versions) that expire within ``within``.
@@ -352,8 +363,12 @@ class ImageRepository:
 
     def _store_delegated(
         self, session: Session, filename: str, signed: Targets, delegator: Targets
-    ) -> None:
-        """Signs a delegated role with the online keys ``delegator`` trusts and stores it."""
+    ) -> tuple[str, ...]:
+        """Signs a delegated role with the online keys ``delegator`` trusts and stores it.
+
+        Returns:
+            The key ids that signed it.
+        """
         role_name = filename.removesuffix(".json")
         role = delegator.get_delegated_role(role_name)
         # Bins are targets metadata: their signing counts as the repository's targets.
@@ -366,6 +381,7 @@ class ImageRepository:
                 label=f"image {role_name}",
             )
         self._store(session, filename, signed, data)
+        return tuple(sorted(Metadata[Targets].from_bytes(data).signatures))
 
     def _load(self, session: Session, snapshot: Snapshot, filename: str) -> Targets:
         meta = snapshot.meta.get(filename)
@@ -434,4 +450,4 @@ def _not_initialized() -> RepositoryError:
     )
 
 
-__all__ = ["ImageExpiry", "ImageRepository", "ImageTarget", "serialize"]
+__all__ = ["ImageExpiry", "ImageRepository", "ImageTarget", "Signing", "serialize"]

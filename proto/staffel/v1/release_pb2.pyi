@@ -86,6 +86,12 @@ class Image(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     UPLOADED_AT_FIELD_NUMBER: _builtins.int
+    UPLOADED_BY_FIELD_NUMBER: _builtins.int
+    UPLOADER_ROLE_FIELD_NUMBER: _builtins.int
+    SIGNED_ROLE_FIELD_NUMBER: _builtins.int
+    SIGNED_VERSION_FIELD_NUMBER: _builtins.int
+    SIGNED_KEYIDS_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     target_name: _builtins.str
     """The name of the image in the TUF Image repository ("name-version")."""
     name: _builtins.str
@@ -94,8 +100,20 @@ class Image(_message.Message):
     release_counter: _builtins.int
     sha256: _builtins.str
     length: _builtins.int
+    uploaded_by: _builtins.str
+    """Who uploaded it: the caller's token name and role."""
+    uploader_role: _builtins.str
+    signed_role: _builtins.str
+    """Who signed the targets metadata version that added it ("bin-03a" version 7):
+    the role, its version, the key ids of its signatures, and when.
+    """
+    signed_version: _builtins.int
     @_builtins.property
     def uploaded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signed_keyids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -107,10 +125,16 @@ class Image(_message.Message):
         sha256: _builtins.str = ...,
         length: _builtins.int = ...,
         uploaded_at: _timestamp_pb2.Timestamp | None = ...,
+        uploaded_by: _builtins.str = ...,
+        uploader_role: _builtins.str = ...,
+        signed_role: _builtins.str = ...,
+        signed_version: _builtins.int = ...,
+        signed_keyids: _abc.Iterable[_builtins.str] | None = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["uploaded_at", b"uploaded_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at", "uploaded_at", b"uploaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "length", b"length", "name", b"name", "release_counter", b"release_counter", "sha256", b"sha256", "target_name", b"target_name", "uploaded_at", b"uploaded_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "length", b"length", "name", b"name", "release_counter", b"release_counter", "sha256", b"sha256", "signed_at", b"signed_at", "signed_keyids", b"signed_keyids", "signed_role", b"signed_role", "signed_version", b"signed_version", "target_name", b"target_name", "uploaded_at", b"uploaded_at", "uploaded_by", b"uploaded_by", "uploader_role", b"uploader_role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
