@@ -58,6 +58,7 @@ def bundle_message(bundle: BundleRecord) -> release_pb2.Bundle:
         vehicle_model=bundle.vehicle_model,
         images=[image_message(i) for i in bundle.images],
         created_at=timestamp(bundle.created_at),
+        version=bundle.version,
     )
 
 

@@ -17,6 +17,7 @@ from server.releases.catalog import (
     ImageHeader,
     check_image_is_new,
     create_bundle,
+    list_bundles,
     list_images,
     register_image,
 )
@@ -90,8 +91,15 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             name=request.name,
             vehicle_model=request.vehicle_model,
             target_names=list(request.image_target_names),
+            version=request.version,
         )
         return bundle_message(bundle)
+
+    async def ListBundles(
+        self, request: release_pb2.ListBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> release_pb2.ListBundlesResponse:
+        bundles = await asyncio.to_thread(list_bundles, self._database)
+        return release_pb2.ListBundlesResponse(bundles=[bundle_message(b) for b in bundles])
 
     async def ListImages(
         self, request: release_pb2.ListImagesRequest, context: grpc.aio.ServicerContext[Any, Any]

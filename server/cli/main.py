@@ -172,7 +172,10 @@ def bundle_create(args: argparse.Namespace) -> int:
     with _channel(args) as channel:
         bundle = release_pb2_grpc.ReleaseServiceStub(channel).CreateBundle(
             release_pb2.CreateBundleRequest(
-                name=args.name, vehicle_model=args.model, image_target_names=args.images
+                name=args.name,
+                vehicle_model=args.model,
+                image_target_names=args.images,
+                version=args.version,
             ),
             timeout=RPC_TIMEOUT_SECONDS,
         )
@@ -180,8 +183,25 @@ def bundle_create(args: argparse.Namespace) -> int:
     _print(
         args,
         bundle,
-        f"bundle {bundle.bundle_id} ({bundle.name}) for {bundle.vehicle_model}: {names}",
+        f"bundle {bundle.bundle_id} ({bundle.name} version {bundle.version}) for "
+        f"{bundle.vehicle_model}: {names}",
     )
+    return 0
+
+
+def bundle_list(args: argparse.Namespace) -> int:
+    """Lists the bundles with their versions."""
+    with _channel(args) as channel:
+        answer = release_pb2_grpc.ReleaseServiceStub(channel).ListBundles(
+            release_pb2.ListBundlesRequest(), timeout=RPC_TIMEOUT_SECONDS
+        )
+    rows = [f"{'ID':<8} {'NAME':<24} {'VERSION':<12} {'MODEL':<16} IMAGES"]
+    rows += [
+        f"{b.bundle_id:<8} {b.name:<24} {b.version:<12} {b.vehicle_model:<16} "
+        + ", ".join(i.target_name for i in b.images)
+        for b in answer.bundles
+    ]
+    _print(args, answer, "\n".join(rows))
     return 0
 
 
@@ -573,6 +593,22 @@ def _add_campaign_commands(commands: Any) -> None:
     status.set_defaults(func=campaign_status)
 
 
+def _add_bundle_commands(commands: Any) -> None:
+    """``staffel bundle create`` and ``staffel bundle list``."""
+    bundle = commands.add_parser("bundle", help="bundles of images").add_subparsers(
+        dest="action", required=True
+    )
+    create_bundle = bundle.add_parser("create", help="group images for a vehicle model")
+    create_bundle.add_argument("--name", required=True)
+    create_bundle.add_argument("--model", required=True)
+    create_bundle.add_argument(
+        "--version", default="1", help="created once; a new set of images needs a new version"
+    )
+    create_bundle.add_argument("images", nargs="+", metavar="IMAGE", help="target names")
+    create_bundle.set_defaults(func=bundle_create)
+    bundle.add_parser("list", help="list bundles and their versions").set_defaults(func=bundle_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``staffel`` command line."""
     parser = argparse.ArgumentParser(prog="staffel", description="Staffel release management.")
@@ -602,14 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(func=image_upload)
     image.add_parser("list", help="list published images").set_defaults(func=image_list)
 
-    bundle = commands.add_parser("bundle", help="bundles of images").add_subparsers(
-        dest="action", required=True
-    )
-    create_bundle = bundle.add_parser("create", help="group images for a vehicle model")
-    create_bundle.add_argument("--name", required=True)
-    create_bundle.add_argument("--model", required=True)
-    create_bundle.add_argument("images", nargs="+", metavar="IMAGE", help="target names")
-    create_bundle.set_defaults(func=bundle_create)
+    _add_bundle_commands(commands)
 
     fleet = commands.add_parser("fleet", help="the fleet registry").add_subparsers(
         dest="action", required=True

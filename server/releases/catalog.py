@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from server.auth.roles import Principal
@@ -18,6 +19,7 @@ from server.validation import check_name
 
 MAX_IMAGES_PER_BUNDLE = 64
 BUNDLE_PREFIX = "b"
+DEFAULT_BUNDLE_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class BundleRecord:
     vehicle_model: str
     images: tuple[Image, ...]
     created_at: datetime
+    version: str = DEFAULT_BUNDLE_VERSION
 
 
 def bundle_public_id(bundle_id: int) -> str:
@@ -145,10 +148,26 @@ def list_images(database: Database) -> list[Image]:
 
 
 def create_bundle(
-    database: Database, *, name: str, vehicle_model: str, target_names: Sequence[str]
+    database: Database,
+    *,
+    name: str,
+    vehicle_model: str,
+    target_names: Sequence[str],
+    version: str = "",
 ) -> BundleRecord:
-    """Groups published images into a bundle for one vehicle model (one per hardware id)."""
+    """Groups published images into a bundle for one vehicle model (one per hardware id).
+
+    A name and version are created once. Asking again with the same model and images
+    returns the existing bundle; with anything else it fails, since a bundle never changes.
+
+    Raises:
+        InvalidArgumentError: A field is malformed, or two images share a hardware id.
+        NotFoundError: An image is not published.
+        AlreadyExistsError: The name and version exist with another model or images.
+    """
+    version = version or DEFAULT_BUNDLE_VERSION
     check_name(name, "bundle name")
+    check_name(version, "bundle version")
     check_name(vehicle_model, "vehicle model")
     if not target_names:
         raise InvalidArgumentError("a bundle needs at least one image")
@@ -156,6 +175,22 @@ def create_bundle(
         raise InvalidArgumentError(f"a bundle holds at most {MAX_IMAGES_PER_BUNDLE} images")
     if len(set(target_names)) != len(target_names):
         raise InvalidArgumentError("a bundle lists each image once")
+    existing = _existing_bundle(database, name, version, vehicle_model, target_names)
+    if existing is not None:
+        return existing
+    try:
+        return _insert_bundle(database, name, version, vehicle_model, target_names)
+    except IntegrityError:
+        # Created at the same moment by another call: same answer as if it came first.
+        existing = _existing_bundle(database, name, version, vehicle_model, target_names)
+        if existing is None:
+            raise
+        return existing
+
+
+def _insert_bundle(
+    database: Database, name: str, version: str, vehicle_model: str, target_names: Sequence[str]
+) -> BundleRecord:
     with database.session() as session:
         images = session.exec(select(Image).where(col(Image.target_name).in_(target_names))).all()
         missing = sorted(set(target_names) - {i.target_name for i in images})
@@ -166,6 +201,7 @@ def create_bundle(
             raise InvalidArgumentError("a bundle holds one image per hardware id")
         bundle = Bundle(
             name=name,
+            version=version,
             vehicle_model=vehicle_model,
             created_at=datetime.now(UTC).replace(microsecond=0),
         )
@@ -174,13 +210,52 @@ def create_bundle(
         assert bundle.id is not None  # noqa: S101 - set by the flush
         for target_name in target_names:
             session.add(BundleImage(bundle_id=bundle.id, target_name=target_name))
-        return BundleRecord(
-            bundle_id=bundle_public_id(bundle.id),
-            name=name,
-            vehicle_model=vehicle_model,
-            images=tuple(sorted(images, key=lambda i: i.target_name)),
-            created_at=bundle.created_at,
+        session.flush()
+        return _record(session, bundle)
+
+
+def _existing_bundle(
+    database: Database, name: str, version: str, vehicle_model: str, target_names: Sequence[str]
+) -> BundleRecord | None:
+    """The bundle ``name`` ``version`` if it holds exactly this; None if it does not exist.
+
+    Raises:
+        AlreadyExistsError: It exists with another vehicle model or other images.
+    """
+    with database.session() as session:
+        bundle = session.exec(
+            select(Bundle).where(Bundle.name == name, Bundle.version == version)
+        ).first()
+        if bundle is None:
+            return None
+        record = _record(session, bundle)
+    held = sorted(i.target_name for i in record.images)
+    if record.vehicle_model != vehicle_model or held != sorted(target_names):
+        raise AlreadyExistsError(
+            f"bundle {name} version {version} exists already ({record.bundle_id}, for "
+            f"{record.vehicle_model}: {', '.join(held)}) and bundles never change: create "
+            f"it under a new version (--version)"
         )
+    return record
+
+
+def _record(session: Session, bundle: Bundle) -> BundleRecord:
+    assert bundle.id is not None  # noqa: S101 - a stored bundle has its id
+    return BundleRecord(
+        bundle_id=bundle_public_id(bundle.id),
+        name=bundle.name,
+        vehicle_model=bundle.vehicle_model,
+        images=tuple(load_bundle_images(session, bundle.id)),
+        created_at=bundle.created_at,
+        version=bundle.version,
+    )
+
+
+def list_bundles(database: Database) -> list[BundleRecord]:
+    """Every bundle with its version and images, by name, then creation."""
+    with database.session() as session:
+        bundles = session.exec(select(Bundle).order_by(col(Bundle.name), col(Bundle.id))).all()
+        return [_record(session, bundle) for bundle in bundles]
 
 
 def load_bundle_images(session: Session, bundle_id: int) -> list[Image]:
@@ -202,10 +277,4 @@ def get_bundle(database: Database, public_id: str) -> BundleRecord:
         bundle = session.get(Bundle, bundle_id)
         if bundle is None:
             raise NotFoundError(f"bundle {public_id} does not exist")
-        return BundleRecord(
-            bundle_id=public_id,
-            name=bundle.name,
-            vehicle_model=bundle.vehicle_model,
-            images=tuple(load_bundle_images(session, bundle_id)),
-            created_at=bundle.created_at,
-        )
+        return _record(session, bundle)

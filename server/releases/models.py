@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -31,12 +32,17 @@ class Image(SQLModel, table=True):
 
 
 class Bundle(SQLModel, table=True):
-    """Images for one vehicle model, one per hardware id; immutable once created."""
+    """Images for one vehicle model, one per hardware id; immutable once created.
+
+    A name and a version name one bundle for good: no call changes its images.
+    """
 
     __tablename__ = "release_bundle"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_release_bundle_name_version"),)
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64)
+    version: str = Field(default="1", max_length=64)
     vehicle_model: str = Field(max_length=64)
     created_at: datetime
 

@@ -147,9 +147,14 @@ class CreateBundleRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VEHICLE_MODEL_FIELD_NUMBER: _builtins.int
     IMAGE_TARGET_NAMES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     vehicle_model: _builtins.str
     """The vehicle model the bundle is for."""
+    version: _builtins.str
+    """[A-Za-z0-9._-], 1 to 64 characters; "1" when empty. A name and version are
+    created once: again with the same images returns the bundle, with others fails.
+    """
     @_builtins.property
     def image_target_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Target names of the images, one per hardware id."""
@@ -160,10 +165,11 @@ class CreateBundleRequest(_message.Message):
         name: _builtins.str = ...,
         vehicle_model: _builtins.str = ...,
         image_target_names: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_target_names", b"image_target_names", "name", b"name", "vehicle_model", b"vehicle_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_target_names", b"image_target_names", "name", b"name", "vehicle_model", b"vehicle_model", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,9 +184,11 @@ class Bundle(_message.Message):
     VEHICLE_MODEL_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     bundle_id: _builtins.str
     name: _builtins.str
     vehicle_model: _builtins.str
+    version: _builtins.str
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]: ...
     @_builtins.property
@@ -193,10 +201,11 @@ class Bundle(_message.Message):
         vehicle_model: _builtins.str = ...,
         images: _abc.Iterable[Global___Image] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_id", b"bundle_id", "created_at", b"created_at", "images", b"images", "name", b"name", "vehicle_model", b"vehicle_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_id", b"bundle_id", "created_at", b"created_at", "images", b"images", "name", b"name", "vehicle_model", b"vehicle_model", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,3 +245,40 @@ class ListImagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015
+
+@_typing.final
+class ListBundlesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBundlesRequest: _TypeAlias = ListBundlesRequest  # noqa: Y015
+
+@_typing.final
+class ListBundlesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bundle]:
+        """By name, then creation."""
+
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[Global___Bundle] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBundlesResponse: _TypeAlias = ListBundlesResponse  # noqa: Y015

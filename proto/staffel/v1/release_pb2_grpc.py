@@ -49,6 +49,11 @@ class ReleaseServiceStub:
                 request_serializer=staffel_dot_v1_dot_release__pb2.ListImagesRequest.SerializeToString,
                 response_deserializer=staffel_dot_v1_dot_release__pb2.ListImagesResponse.FromString,
                 _registered_method=True)
+        self.ListBundles = channel.unary_unary(
+                '/staffel.v1.ReleaseService/ListBundles',
+                request_serializer=staffel_dot_v1_dot_release__pb2.ListBundlesRequest.SerializeToString,
+                response_deserializer=staffel_dot_v1_dot_release__pb2.ListBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class ReleaseServiceServicer:
@@ -73,6 +78,13 @@ class ReleaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBundles(self, request, context):
+        """Every bundle with its version; bundles are immutable, so nothing updates them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReleaseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +102,11 @@ def add_ReleaseServiceServicer_to_server(servicer, server):
                     servicer.ListImages,
                     request_deserializer=staffel_dot_v1_dot_release__pb2.ListImagesRequest.FromString,
                     response_serializer=staffel_dot_v1_dot_release__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'ListBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBundles,
+                    request_deserializer=staffel_dot_v1_dot_release__pb2.ListBundlesRequest.FromString,
+                    response_serializer=staffel_dot_v1_dot_release__pb2.ListBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +190,33 @@ class ReleaseService:
             '/staffel.v1.ReleaseService/ListImages',
             staffel_dot_v1_dot_release__pb2.ListImagesRequest.SerializeToString,
             staffel_dot_v1_dot_release__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/staffel.v1.ReleaseService/ListBundles',
+            staffel_dot_v1_dot_release__pb2.ListBundlesRequest.SerializeToString,
+            staffel_dot_v1_dot_release__pb2.ListBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

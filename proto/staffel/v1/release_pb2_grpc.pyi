@@ -35,6 +35,8 @@ class ReleaseServiceStub:
     """Streams an image: the first message holds the header, the rest hold data."""
     CreateBundle: _grpc.UnaryUnaryMultiCallable[_release_pb2.CreateBundleRequest, _release_pb2.Bundle]
     ListImages: _grpc.UnaryUnaryMultiCallable[_release_pb2.ListImagesRequest, _release_pb2.ListImagesResponse]
+    ListBundles: _grpc.UnaryUnaryMultiCallable[_release_pb2.ListBundlesRequest, _release_pb2.ListBundlesResponse]
+    """Every bundle with its version; bundles are immutable, so nothing updates them."""
 
 @_typing.type_check_only
 class ReleaseServiceAsyncStub(ReleaseServiceStub):
@@ -43,6 +45,8 @@ class ReleaseServiceAsyncStub(ReleaseServiceStub):
     """Streams an image: the first message holds the header, the rest hold data."""
     CreateBundle: _aio.UnaryUnaryMultiCallable[_release_pb2.CreateBundleRequest, _release_pb2.Bundle]  # type: ignore[assignment]
     ListImages: _aio.UnaryUnaryMultiCallable[_release_pb2.ListImagesRequest, _release_pb2.ListImagesResponse]  # type: ignore[assignment]
+    ListBundles: _aio.UnaryUnaryMultiCallable[_release_pb2.ListBundlesRequest, _release_pb2.ListBundlesResponse]  # type: ignore[assignment]
+    """Every bundle with its version; bundles are immutable, so nothing updates them."""
 
 class ReleaseServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -66,5 +70,13 @@ class ReleaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _release_pb2.ListImagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_release_pb2.ListImagesResponse, _abc.Awaitable[_release_pb2.ListImagesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListBundles(
+        self,
+        request: _release_pb2.ListBundlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_release_pb2.ListBundlesResponse, _abc.Awaitable[_release_pb2.ListBundlesResponse]]:
+        """Every bundle with its version; bundles are immutable, so nothing updates them."""
 
 def add_ReleaseServiceServicer_to_server(servicer: ReleaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
