@@ -38,6 +38,7 @@ def image_message(image: Image) -> release_pb2.Image:
         version=image.version,
         hardware_id=image.hardware_id,
         release_counter=image.release_counter,
+        ecu_type=image.ecu_type,
         sha256=image.sha256,
         length=image.length,
         uploaded_at=timestamp(image.uploaded_at),

@@ -61,6 +61,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             version=first.header.version,
             hardware_id=first.header.hardware_id,
             release_counter=first.header.release_counter,
+            ecu_type=first.header.ecu_type,
         )
         await asyncio.to_thread(check_image_is_new, self._database, header)
         writer = self._blobs.writer(self._max_image_bytes)

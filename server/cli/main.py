@@ -95,6 +95,7 @@ def _upload_chunks(args: argparse.Namespace, path: Path) -> Iterator[release_pb2
             version=args.version,
             hardware_id=args.hardware_id,
             release_counter=args.release_counter,
+            ecu_type=args.ecu_type,
         )
     )
     total = path.stat().st_size
@@ -635,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--version", required=True)
     upload.add_argument("--hardware-id", required=True)
     upload.add_argument("--release-counter", type=int, required=True)
+    upload.add_argument("--ecu-type", default="", help="ECU type or supplier of the image")
     upload.set_defaults(func=image_upload)
     image.add_parser("list", help="list published images").set_defaults(func=image_list)
 

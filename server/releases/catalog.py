@@ -30,6 +30,7 @@ class ImageHeader:
     version: str
     hardware_id: str
     release_counter: int
+    ecu_type: str = ""
 
     @property
     def target_name(self) -> str:
@@ -41,6 +42,8 @@ class ImageHeader:
         check_name(self.name, "image name")
         check_name(self.version, "image version")
         check_name(self.hardware_id, "hardware id")
+        if self.ecu_type:
+            check_name(self.ecu_type, "ECU type")
         if not 0 <= self.release_counter < 2**63:
             raise InvalidArgumentError("release counter must be between 0 and 2^63-1")
 
@@ -116,6 +119,7 @@ def register_image(
             "version": header.version,
             "hardware_ids": [header.hardware_id],
             "release_counter": header.release_counter,
+            "ecu_type": header.ecu_type,
         },
     )
     image = Image(
@@ -124,6 +128,7 @@ def register_image(
         version=header.version,
         hardware_id=header.hardware_id,
         release_counter=header.release_counter,
+        ecu_type=header.ecu_type,
         sha256=blob.sha256,
         length=blob.length,
         uploaded_at=datetime.now(UTC).replace(microsecond=0),

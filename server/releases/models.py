@@ -18,6 +18,7 @@ class Image(SQLModel, table=True):
     version: str = Field(max_length=64)
     hardware_id: str = Field(max_length=64)
     release_counter: int
+    ecu_type: str = Field(default="", max_length=64)
     sha256: str = Field(index=True, max_length=64)
     length: int
     uploaded_at: datetime

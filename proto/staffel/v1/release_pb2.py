@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18staffel/v1/release.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Z\n\x0bImageHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0bhardware_id\x18\x03 \x01(\t\x12\x17\n\x0frelease_counter\x18\x04 \x01(\x04\"U\n\x10UploadImageChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.staffel.v1.ImageHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xd9\x02\n\x05Image\x12\x13\n\x0btarget_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bhardware_id\x18\x04 \x01(\t\x12\x17\n\x0frelease_counter\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0e\n\x06length\x18\x07 \x01(\x04\x12/\n\x0buploaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buploaded_by\x18\t \x01(\t\x12\x15\n\ruploader_role\x18\n \x01(\t\x12\x13\n\x0bsigned_role\x18\x0b \x01(\t\x12\x16\n\x0esigned_version\x18\x0c \x01(\x04\x12\x15\n\rsigned_keyids\x18\r \x03(\t\x12-\n\tsigned_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x13\x43reateBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rvehicle_model\x18\x02 \x01(\t\x12\x1a\n\x12image_target_names\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xa4\x01\n\x06\x42undle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rvehicle_model\x18\x03 \x01(\t\x12!\n\x06images\x18\x04 \x03(\x0b\x32\x11.staffel.v1.Image\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x13\n\x11ListImagesRequest\"7\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.staffel.v1.Image\"\x14\n\x12ListBundlesRequest\":\n\x13ListBundlesResponse\x12#\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x12.staffel.v1.Bundle2\xb4\x02\n\x0eReleaseService\x12@\n\x0bUploadImage\x12\x1c.staffel.v1.UploadImageChunk\x1a\x11.staffel.v1.Image(\x01\x12\x43\n\x0c\x43reateBundle\x12\x1f.staffel.v1.CreateBundleRequest\x1a\x12.staffel.v1.Bundle\x12K\n\nListImages\x12\x1d.staffel.v1.ListImagesRequest\x1a\x1e.staffel.v1.ListImagesResponse\x12N\n\x0bListBundles\x12\x1e.staffel.v1.ListBundlesRequest\x1a\x1f.staffel.v1.ListBundlesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18staffel/v1/release.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x0bImageHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0bhardware_id\x18\x03 \x01(\t\x12\x17\n\x0frelease_counter\x18\x04 \x01(\x04\x12\x10\n\x08\x65\x63u_type\x18\x05 \x01(\t\"U\n\x10UploadImageChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.staffel.v1.ImageHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xeb\x02\n\x05Image\x12\x13\n\x0btarget_name\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0bhardware_id\x18\x04 \x01(\t\x12\x17\n\x0frelease_counter\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0e\n\x06length\x18\x07 \x01(\x04\x12/\n\x0buploaded_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buploaded_by\x18\t \x01(\t\x12\x15\n\ruploader_role\x18\n \x01(\t\x12\x13\n\x0bsigned_role\x18\x0b \x01(\t\x12\x16\n\x0esigned_version\x18\x0c \x01(\x04\x12\x15\n\rsigned_keyids\x18\r \x03(\t\x12-\n\tsigned_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65\x63u_type\x18\x0f \x01(\t\"g\n\x13\x43reateBundleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rvehicle_model\x18\x02 \x01(\t\x12\x1a\n\x12image_target_names\x18\x03 \x03(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xa4\x01\n\x06\x42undle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rvehicle_model\x18\x03 \x01(\t\x12!\n\x06images\x18\x04 \x03(\x0b\x32\x11.staffel.v1.Image\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x06 \x01(\t\"\x13\n\x11ListImagesRequest\"7\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.staffel.v1.Image\"\x14\n\x12ListBundlesRequest\":\n\x13ListBundlesResponse\x12#\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x12.staffel.v1.Bundle2\xb4\x02\n\x0eReleaseService\x12@\n\x0bUploadImage\x12\x1c.staffel.v1.UploadImageChunk\x1a\x11.staffel.v1.Image(\x01\x12\x43\n\x0c\x43reateBundle\x12\x1f.staffel.v1.CreateBundleRequest\x1a\x12.staffel.v1.Bundle\x12K\n\nListImages\x12\x1d.staffel.v1.ListImagesRequest\x1a\x1e.staffel.v1.ListImagesResponse\x12N\n\x0bListBundles\x12\x1e.staffel.v1.ListBundlesRequest\x1a\x1f.staffel.v1.ListBundlesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'staffel.v1.release_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMAGEHEADER']._serialized_start=73
-  _globals['_IMAGEHEADER']._serialized_end=163
-  _globals['_UPLOADIMAGECHUNK']._serialized_start=165
-  _globals['_UPLOADIMAGECHUNK']._serialized_end=250
-  _globals['_IMAGE']._serialized_start=253
-  _globals['_IMAGE']._serialized_end=598
-  _globals['_CREATEBUNDLEREQUEST']._serialized_start=600
-  _globals['_CREATEBUNDLEREQUEST']._serialized_end=703
-  _globals['_BUNDLE']._serialized_start=706
-  _globals['_BUNDLE']._serialized_end=870
-  _globals['_LISTIMAGESREQUEST']._serialized_start=872
-  _globals['_LISTIMAGESREQUEST']._serialized_end=891
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=893
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=948
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=950
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=970
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=972
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1030
-  _globals['_RELEASESERVICE']._serialized_start=1033
-  _globals['_RELEASESERVICE']._serialized_end=1341
+  _globals['_IMAGEHEADER']._serialized_end=181
+  _globals['_UPLOADIMAGECHUNK']._serialized_start=183
+  _globals['_UPLOADIMAGECHUNK']._serialized_end=268
+  _globals['_IMAGE']._serialized_start=271
+  _globals['_IMAGE']._serialized_end=634
+  _globals['_CREATEBUNDLEREQUEST']._serialized_start=636
+  _globals['_CREATEBUNDLEREQUEST']._serialized_end=739
+  _globals['_BUNDLE']._serialized_start=742
+  _globals['_BUNDLE']._serialized_end=906
+  _globals['_LISTIMAGESREQUEST']._serialized_start=908
+  _globals['_LISTIMAGESREQUEST']._serialized_end=927
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=929
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=984
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=986
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=1006
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=1008
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=1066
+  _globals['_RELEASESERVICE']._serialized_start=1069
+  _globals['_RELEASESERVICE']._serialized_end=1377
 # @@protoc_insertion_point(module_scope)

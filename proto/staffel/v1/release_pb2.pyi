@@ -27,12 +27,15 @@ class ImageHeader(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HARDWARE_ID_FIELD_NUMBER: _builtins.int
     RELEASE_COUNTER_FIELD_NUMBER: _builtins.int
+    ECU_TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """[A-Za-z0-9._-], 1 to 64 characters each."""
     version: _builtins.str
     hardware_id: _builtins.str
     release_counter: _builtins.int
     """Must increase with each release of the same image name (anti-rollback)."""
+    ecu_type: _builtins.str
+    """The ECU type or supplier the image is for ([A-Za-z0-9._-]); empty when not given."""
     def __init__(
         self,
         *,
@@ -40,10 +43,11 @@ class ImageHeader(_message.Message):
         version: _builtins.str = ...,
         hardware_id: _builtins.str = ...,
         release_counter: _builtins.int = ...,
+        ecu_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "name", b"name", "release_counter", b"release_counter", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecu_type", b"ecu_type", "hardware_id", b"hardware_id", "name", b"name", "release_counter", b"release_counter", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,6 +96,7 @@ class Image(_message.Message):
     SIGNED_VERSION_FIELD_NUMBER: _builtins.int
     SIGNED_KEYIDS_FIELD_NUMBER: _builtins.int
     SIGNED_AT_FIELD_NUMBER: _builtins.int
+    ECU_TYPE_FIELD_NUMBER: _builtins.int
     target_name: _builtins.str
     """The name of the image in the TUF Image repository ("name-version")."""
     name: _builtins.str
@@ -108,6 +113,7 @@ class Image(_message.Message):
     the role, its version, the key ids of its signatures, and when.
     """
     signed_version: _builtins.int
+    ecu_type: _builtins.str
     @_builtins.property
     def uploaded_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -131,10 +137,11 @@ class Image(_message.Message):
         signed_version: _builtins.int = ...,
         signed_keyids: _abc.Iterable[_builtins.str] | None = ...,
         signed_at: _timestamp_pb2.Timestamp | None = ...,
+        ecu_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at", "uploaded_at", b"uploaded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hardware_id", b"hardware_id", "length", b"length", "name", b"name", "release_counter", b"release_counter", "sha256", b"sha256", "signed_at", b"signed_at", "signed_keyids", b"signed_keyids", "signed_role", b"signed_role", "signed_version", b"signed_version", "target_name", b"target_name", "uploaded_at", b"uploaded_at", "uploaded_by", b"uploaded_by", "uploader_role", b"uploader_role", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecu_type", b"ecu_type", "hardware_id", b"hardware_id", "length", b"length", "name", b"name", "release_counter", b"release_counter", "sha256", b"sha256", "signed_at", b"signed_at", "signed_keyids", b"signed_keyids", "signed_role", b"signed_role", "signed_version", b"signed_version", "target_name", b"target_name", "uploaded_at", b"uploaded_at", "uploaded_by", b"uploaded_by", "uploader_role", b"uploader_role", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,11 @@ __all__ = ["server"]  # the fixture, shared with the status tests
 
 def _chunks(name: str, counter: int, data: bytes) -> Iterator[release_pb2.UploadImageChunk]:
     header = release_pb2.ImageHeader(
-        name=name, version=f"{counter}.0", hardware_id=f"{name}-hw", release_counter=counter
+        name=name,
+        version=f"{counter}.0",
+        hardware_id=f"{name}-hw",
+        release_counter=counter,
+        ecu_type=f"{name}-ecu",
     )
     yield release_pb2.UploadImageChunk(header=header)
     yield release_pb2.UploadImageChunk(data=data)
@@ -76,6 +80,11 @@ async def test_each_upload_names_its_uploader_and_signer(
         assert stored is not None
         bin_metadata = Metadata[Targets].from_bytes(stored)
         assert image.target_name in bin_metadata.signed.targets
+        # The catalog passes hardware ids, release counter and ECU type into the target.
+        custom = bin_metadata.signed.targets[image.target_name].custom
+        assert custom["hardware_ids"] == [image.hardware_id]
+        assert custom["release_counter"] == image.release_counter == 1
+        assert custom["ecu_type"] == image.ecu_type == f"{image.name}-ecu"
         assert sorted(bin_metadata.signatures) == list(image.signed_keyids)
         if image.signed_version > 1:
             older = server.image_repo.metadata(
