@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, bindparam, or_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, SQLModel, col, select
 
@@ -212,7 +213,38 @@ def _open_assignment(connection: Connection, vin: str) -> _Open | None:
     )
 
 
+@dataclass(frozen=True)
+class _BundleImage:
+    target_name: str
+    sha256: str
+    length: int
+    hardware_id: str
+
+
+# A bundle never changes once created (nor does an image), so each process reads a
+# bundle's images once per database; bounded, and dropped with the database's engine.
+_BUNDLES: weakref.WeakKeyDictionary[Engine, dict[int, tuple[_BundleImage, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_MAX_BUNDLES = 256  # per database
+
+
+def _bundle_images(session: Session, bundle_id: int) -> tuple[_BundleImage, ...]:
+    cache = _BUNDLES.setdefault(session.get_bind().engine, {})
+    images = cache.get(bundle_id)
+    if images is None:
+        images = tuple(
+            _BundleImage(i.target_name, i.sha256, i.length, i.hardware_id)
+            for i in load_bundle_images(session, bundle_id)
+        )
+        if len(cache) >= _MAX_BUNDLES:
+            cache.clear()
+        cache[bundle_id] = images
+    return images
+
+
 def _targets(session: Session, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
+    pairs: list[tuple[_BundleImage | Image, EcuSpec]]
     if found.targets:
         wanted: dict[str, str] = json.loads(found.targets)
         images = {
@@ -225,7 +257,7 @@ def _targets(session: Session, found: _Open, ecus: Sequence[EcuSpec]) -> list[Di
     else:
         pairs = [
             (image, ecu)
-            for image in load_bundle_images(session, found.bundle_id)
+            for image in _bundle_images(session, found.bundle_id)
             for ecu in ecus
             if ecu.hardware_id == image.hardware_id
         ]

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel
 from tuf.api.metadata import (
+    Metadata,
     MetaFile,
     Root,
     Snapshot,
@@ -49,6 +52,22 @@ from server.repository.signing import (
 from server.store import Database
 
 REPO: Final = "director"
+_STATES: Final = SQLModel.metadata.tables["repo_director_vehicle"]
+_METADATA: Final = SQLModel.metadata.tables["repo_metadata"]
+_READ_STATE: Final = sql_select(
+    _STATES.c.version,
+    _STATES.c.targets_digest,
+    _STATES.c.timestamp,
+    _STATES.c.snapshot,
+    _STATES.c.targets,
+    _STATES.c.expires,
+).where(_STATES.c.vin == bindparam("vin"))
+_NEWEST_ROOT: Final = (
+    sql_select(_METADATA.c.version, _METADATA.c.data)
+    .where(_METADATA.c.repo == REPO, _METADATA.c.filename.endswith(".root.json"))
+    .order_by(_METADATA.c.version.desc())
+    .limit(1)
+)
 _VIN: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ECU_FIELD: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -93,6 +112,7 @@ class Director:
         self._root_expiry = root_expiry
         # Stored metadata is reused while it stays valid for longer than this.
         self._renew_margin = expiry / 4
+        self._root_cache: tuple[int, Root] | None = None  # (version, parsed root)
 
     def initialize(self) -> None:
         """Creates the Director root version 1 unless a root exists.
@@ -171,10 +191,16 @@ class Director:
             raise InvalidArgumentError(f"invalid VIN {vin!r}: use [A-Za-z0-9_-], 1 to 32 chars")
         assignment = _assignment(targets)
         digest = _digest(vin, targets)
-        with self._database.session() as session:
-            state = session.get(DirectorVehicleState, vin)
-            if state is not None and self._reusable(state, digest):
-                return _signed(state)
+        # Polling vehicles come here at every check-in: one prebuilt read, no ORM.
+        with self._database.engine.connect() as connection:
+            row = connection.execute(_READ_STATE, {"vin": vin}).first()
+        if row is not None and row.targets_digest == digest and self._fresh(row.expires):
+            return SignedDirectorMetadata(
+                timestamp=row.timestamp,
+                snapshot=row.snapshot,
+                targets=row.targets,
+                version=row.version,
+            )
         try:
             return self._resign(vin, assignment, digest)
         except IntegrityError:
@@ -182,9 +208,22 @@ class Director:
             # exists now, so the retry locks it.
             return self._resign(vin, assignment, digest)
 
+    def _fresh(self, expires: datetime) -> bool:
+        return as_utc(expires) - self._clock() > self._renew_margin
+
     def _reusable(self, state: DirectorVehicleState, digest: str) -> bool:
-        fresh = as_utc(state.expires) - self._clock() > self._renew_margin
-        return state.targets_digest == digest and fresh
+        return state.targets_digest == digest and self._fresh(state.expires)
+
+    def _trusted_root(self, session: Session) -> Root:
+        """The newest Director root, parsed once per version (a root never changes)."""
+        row = session.connection().execute(_NEWEST_ROOT).first()
+        if row is None:
+            return trusted_root(session, REPO).signed  # raises: not initialized
+        cached = self._root_cache
+        if cached is None or cached[0] != row.version:
+            cached = (row.version, Metadata[Root].from_bytes(row.data).signed)
+            self._root_cache = cached
+        return cached[1]
 
     def _resign(
         self, vin: str, assignment: dict[str, TargetFile], digest: str
@@ -196,7 +235,7 @@ class Director:
                 return _signed(state)
             version = 1 if state is None else state.version + 1
             expires = expires_after(self._clock(), self._expiry)
-            root = trusted_root(session, REPO).signed
+            root = self._trusted_root(session)
             signed = self._sign(vin, assignment, version, expires, root)
             session.merge(
                 DirectorVehicleState(

@@ -1,0 +1,508 @@
+"""Check-in throughput of real staffel-server processes, beside a no-op RPC on the same ones.
+
+    python bench/checkin.py [--small] [--database-url URL] [--seconds S] [--clients N]
+
+Starts ``staffel-server`` (SQLite in a temporary folder, or an empty database at
+``--database-url``), registers 100,000 vehicles (``--small``: 5,000) through the fleet CSV
+import, and starts a campaign for a tenth of them (``--small``: 1,500). Load generators
+(``--clients`` processes, each with several gRPC channels over loopback and many calls in
+flight) then measure, each for ``--seconds``:
+
+- the baseline: the standard gRPC health ``Check`` (a dictionary look-up behind the same
+  interceptors as every call) on the same server process;
+- "nothing to do" check-ins: from the database (the first check-in after the server
+  started or the offer epoch moved) and from memory (every later one);
+- assignment check-ins: first offers (Director metadata signed for the vehicle: three
+  Ed25519 signatures and a database write) and repeat offers (the stored metadata);
+- the baseline and quiet check-ins again with one and then two server processes sharing
+  the port (``staffel-server --reuse-port``).
+
+Rates are completed calls per second of wall time. "server CPU" is the CPU time of the
+server process(es) per call (from /proc), a figure that does not depend on how much of
+the machine the load generators take. Last, the cost of verifying a signed vehicle version
+manifest (3 ECUs) in-process. Prints tables; exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from staffel.v1 import (
+    campaign_pb2,
+    campaign_pb2_grpc,
+    fleet_pb2,
+    fleet_pb2_grpc,
+    release_pb2,
+    release_pb2_grpc,
+    vehicle_pb2,
+    vehicle_pb2_grpc,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from client.uptane.manifest import EcuKey, ecu_version_report, sign_report, vehicle_manifest
+from keys.keyset import init_keyset
+from server.repository.manifests import verify_manifest
+from server.sandbox import tool
+
+READY_TIMEOUT = 120.0  # seconds a server may take to start
+CHANNELS_PER_CLIENT = 4  # separate TCP connections, so SO_REUSEPORT spreads them
+HARDWARE = "gw-x1"
+
+
+def vin(n: int) -> str:
+    """The VIN of virtual vehicle ``n``."""
+    return f"WSF{n:014d}"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big one run is."""
+
+    fleet: int
+    assigned: int  # the first vehicles of the fleet: in the campaign
+    working_set: int  # quiet vehicles the load cycles through
+    seconds: float
+    clients: int
+    concurrency: int  # calls in flight per client process
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured row."""
+
+    name: str
+    calls: int
+    seconds: float
+    errors: int
+    latencies: list[float]
+    server_cpu: float  # CPU seconds of the server process(es) during the window
+
+    @property
+    def rate(self) -> float:
+        """Completed calls per second."""
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: int) -> float:
+        """The q-th latency percentile in milliseconds."""
+        if len(self.latencies) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=100)[q - 1] * 1000
+
+    @property
+    def cpu_per_call_us(self) -> float:
+        """Server CPU microseconds per call."""
+        return self.server_cpu / self.calls * 1e6 if self.calls else float("nan")
+
+
+class Server:
+    """One ``staffel-server`` process."""
+
+    def __init__(self, root: Path, name: str, args: Sequence[str]) -> None:
+        ready = root / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        self.log = root / f"{name}.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [tool("staffel-server"), *args, "--ready-file", str(ready)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not ready.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"staffel-server did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the process (all its threads) so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def check_in_request(n: int) -> vehicle_pb2.CheckInRequest:
+    """What virtual vehicle ``n`` sends (one gateway ECU, nothing installed yet)."""
+    return vehicle_pb2.CheckInRequest(
+        vin=vin(n),
+        nonce=os.urandom(16),
+        ecus=[vehicle_pb2.EcuVersion(serial=f"gw-{n}", hardware_id=HARDWARE, primary=True)],
+    )
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one load-generator process does: ``kind`` calls over ``numbers`` in a window."""
+
+    target: str
+    kind: str  # noop, quiet, first_quiet (each vehicle once), first (once), repeat
+    numbers: list[int]
+    start_at: float  # time.time() when the window opens
+    seconds: float
+    concurrency: int
+
+
+async def _drive(load: Load) -> tuple[int, int, list[float], float]:
+    target, kind, numbers = load.target, load.kind, load.numbers
+    start_at, seconds, concurrency = load.start_at, load.seconds, load.concurrency
+    channels = [
+        grpc.aio.insecure_channel(
+            target, options=[("grpc.use_local_subchannel_pool", 1), ("bench.lane", i)]
+        )
+        for i in range(CHANNELS_PER_CLIENT)
+    ]
+    health = [health_pb2_grpc.HealthStub(c) for c in channels]
+    vehicles = [vehicle_pb2_grpc.VehicleServiceStub(c) for c in channels]
+    once = kind in ("first", "first_quiet")
+    expected = "nothing_to_do" if kind in ("quiet", "first_quiet") else "update"
+    latencies: list[float] = []
+    calls = errors = 0
+    position = 0
+    last_done = start_at
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    end = start_at + seconds
+
+    async def lane(index: int) -> None:
+        nonlocal calls, errors, position, last_done
+        while time.time() < end:
+            if once and position >= len(numbers):
+                return
+            n = numbers[position % len(numbers)]
+            position += 1
+            lane_no = (index + position) % len(channels)
+            started = time.perf_counter()
+            try:
+                if kind == "noop":
+                    await health[lane_no].Check(health_pb2.HealthCheckRequest(service=""))
+                    good = True
+                else:
+                    answer = await vehicles[lane_no].CheckIn(check_in_request(n))
+                    good = answer.WhichOneof("outcome") == expected
+            except grpc.aio.AioRpcError:
+                good = False
+            done = time.time()
+            if done <= end:
+                latencies.append(time.perf_counter() - started)
+                calls += 1
+                errors += not good
+                last_done = max(last_done, done)
+
+    await asyncio.gather(*(lane(i) for i in range(concurrency)))
+    for channel in channels:
+        await channel.close()
+    sample = latencies[:: max(1, len(latencies) // 20_000)]
+    return calls, errors, sample, last_done
+
+
+def drive(load: Load) -> tuple[int, int, list[float], float]:
+    """One load-generator process: calls, errors, sampled latencies, when the last ended."""
+    return asyncio.run(_drive(load))
+
+
+def measure(
+    pool: ProcessPoolExecutor,
+    servers: Sequence[Server],
+    target: str,
+    *,
+    name: str,
+    kind: str,
+    numbers: list[int],
+    sizes: Sizes,
+) -> Figure:
+    """Runs every load generator over one window, each on its own share of ``numbers``."""
+    window = sizes.seconds
+    start_at = time.time() + 2.0  # the load generators are up by then
+    shares = [numbers[i :: sizes.clients] for i in range(sizes.clients)]
+    futures = [
+        pool.submit(drive, Load(target, kind, share, start_at, window, sizes.concurrency))
+        for share in shares
+    ]
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = sum(s.cpu_seconds() for s in servers)
+    time.sleep(window)
+    cpu_after = sum(s.cpu_seconds() for s in servers)
+    results = [f.result() for f in futures]
+    # First offers stop when every vehicle has had its offer, maybe before the window ends.
+    elapsed = window if kind != "first" else max(r[3] for r in results) - start_at
+    return Figure(
+        name=name,
+        calls=sum(r[0] for r in results),
+        seconds=elapsed,
+        errors=sum(r[1] for r in results),
+        latencies=[x for r in results for x in r[2]],
+        server_cpu=cpu_after - cpu_before,
+    )
+
+
+def warm(pool: ProcessPoolExecutor, target: str, numbers: list[int], sizes: Sizes) -> Figure:
+    """One pass of quiet check-ins over ``numbers`` (each from the database): timed."""
+    start_at = time.time() + 2.0
+    shares = [numbers[i :: sizes.clients] for i in range(sizes.clients)]
+    futures = [
+        pool.submit(drive, Load(target, "first_quiet", share, start_at, 3600.0, sizes.concurrency))
+        for share in shares
+    ]
+    results = [f.result() for f in futures]
+    return Figure(
+        name="nothing to do, from the database",
+        calls=sum(r[0] for r in results),
+        seconds=max(r[3] for r in results) - start_at,
+        errors=sum(r[1] for r in results),
+        latencies=[x for r in results for x in r[2]],
+        server_cpu=float("nan"),
+    )
+
+
+async def _chunks(data: bytes) -> AsyncIterator[fleet_pb2.ImportVehiclesChunk]:
+    for start in range(0, len(data), 1 << 20):
+        yield fleet_pb2.ImportVehiclesChunk(csv=data[start : start + (1 << 20)])
+
+
+async def _image() -> AsyncIterator[release_pb2.UploadImageChunk]:
+    yield release_pb2.UploadImageChunk(
+        header=release_pb2.ImageHeader(
+            name="gw", version="2.0", hardware_id=HARDWARE, release_counter=2
+        )
+    )
+    yield release_pb2.UploadImageChunk(data=b"gateway firmware 2.0\n" * 1000)
+
+
+async def prepare(target: str, manager: str, approver: str, sizes: Sizes) -> float:
+    """Imports the fleet and starts the campaign; returns the import's seconds."""
+    rows = ["vin,model,region,site,tags,ecus"]
+    for n in range(sizes.fleet):
+        tag = "assign" if n < sizes.assigned else "quiet"
+        rows.append(f"{vin(n)},sedan,eu,plant-{n % 7},{tag},gw-{n}:{HARDWARE}:primary")
+    data = ("\n".join(rows) + "\n").encode()
+    as_manager = [("authorization", f"Bearer {manager}")]
+    async with grpc.aio.insecure_channel(target) as channel:
+        started = time.monotonic()
+        imported = await fleet_pb2_grpc.FleetServiceStub(channel).ImportVehicles(
+            _chunks(data), metadata=as_manager
+        )
+        import_seconds = time.monotonic() - started
+        assert imported.imported == sizes.fleet
+        releases = release_pb2_grpc.ReleaseServiceStub(channel)
+        await releases.UploadImage(_image(), metadata=as_manager)
+        bundle = await releases.CreateBundle(
+            release_pb2.CreateBundleRequest(
+                name="sedan-2", vehicle_model="sedan", image_target_names=["gw-2.0"]
+            ),
+            metadata=as_manager,
+        )
+        campaigns = campaign_pb2_grpc.CampaignServiceStub(channel)
+        created = await campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(
+                name="gw-2",
+                bundle_id=bundle.bundle_id,
+                selector=campaign_pb2.FleetSelector(tags=["assign"]),
+                waves=[campaign_pb2.WaveSpec(percent=100)],
+            ),
+            metadata=as_manager,
+        )
+        await campaigns.ApproveCampaign(
+            campaign_pb2.CampaignAction(campaign_id=created.campaign_id),
+            metadata=[("authorization", f"Bearer {approver}")],
+        )
+        await campaigns.StartCampaign(
+            campaign_pb2.StartCampaignRequest(campaign_id=created.campaign_id),
+            metadata=as_manager,
+        )
+    return import_seconds
+
+
+def manifest_figure(root: Path, rounds: int) -> tuple[float, float]:
+    """Microseconds to verify one 3-ECU vehicle version manifest, and per ECU signature."""
+    keys = {}
+    reports = []
+    for serial in ("gw-1", "tcu-1", "bms-1"):
+        key = EcuKey.generate(root / f"{serial}.pem")
+        keys[serial] = key.public_key
+        reports.append(sign_report(ecu_version_report(serial, "img-1.0", 10, "ab" * 32), key))
+    data = vehicle_manifest(vin(1), "gw-1", reports, EcuKey.load(root / "gw-1.pem"))
+    started = time.perf_counter()
+    for _ in range(rounds):
+        verify_manifest(data, vin=vin(1), ecu_keys=keys)
+    per_manifest = (time.perf_counter() - started) / rounds * 1e6
+    return per_manifest, per_manifest / 4  # four signatures: three reports and the manifest
+
+
+def table(title: str, figures: Sequence[Figure], baseline: float) -> None:
+    """Prints one table; ``baseline`` is the no-op rate the ratios refer to."""
+    print(f"\n{title}")
+    print(
+        f"  {'call':<38} {'calls/s':>9} {'x no-op':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'srv CPU us':>10} {'errors':>6}"
+    )
+    for f in figures:
+        print(
+            f"  {f.name:<38} {f.rate:>9.0f} {f.rate / baseline:>8.2f} {f.percentile(50):>8.2f} "
+            f"{f.percentile(99):>8.2f} {f.cpu_per_call_us:>10.0f} {f.errors:>6}"
+        )
+
+
+def _token(data_dir: Path, database_url: str | None, name: str, role: str) -> str:
+    command = [tool("staffel-server"), "create-token", "--data-dir", str(data_dir)]
+    command += ["--name", name, "--role", role]
+    if database_url:
+        command += ["--database-url", database_url]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    return done.stdout.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run(sizes: Sizes, database_url: str | None) -> None:
+    """The whole benchmark."""
+    with tempfile.TemporaryDirectory(prefix="staffel-bench-") as tmp:
+        root = Path(tmp)
+        data_dir = root / "data"
+        init_keyset(root / "keys")
+        grpc_port, http_port = _free_port(), _free_port()
+        target = f"127.0.0.1:{grpc_port}"
+        common = ["--data-dir", str(data_dir), "--keys-dir", str(root / "keys")]
+        common += ["--grpc-listen", target, "--http-listen", f"127.0.0.1:{http_port}"]
+        if database_url:
+            common += ["--database-url", database_url]
+        server = Server(root, "server", common)
+        manager = _token(data_dir, database_url, "bench-manager", "release_manager")
+        approver = _token(data_dir, database_url, "bench-approver", "approver")
+        import_seconds = asyncio.run(prepare(target, manager, approver, sizes))
+        print(
+            f"fleet: {sizes.fleet:,} vehicles imported in {import_seconds:.1f} s; "
+            f"{sizes.assigned:,} in a running campaign; database: "
+            f"{'PostgreSQL' if database_url else 'SQLite'}; {os.cpu_count()} cores; "
+            f"{sizes.clients} load processes x {sizes.concurrency} calls in flight"
+        )
+        quiet = list(range(sizes.assigned, sizes.assigned + sizes.working_set))
+        assigned = list(range(sizes.assigned))
+        context = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=sizes.clients, mp_context=context) as pool:
+            one = [server]
+            noop = measure(
+                pool, one, target, name="no-op (health Check)", kind="noop", numbers=quiet,
+                sizes=sizes,
+            )  # fmt: skip
+            cold = warm(pool, target, quiet, sizes)
+            warm_quiet = measure(
+                pool, one, target, name="nothing to do, from memory", kind="quiet",
+                numbers=quiet, sizes=sizes,
+            )  # fmt: skip
+            first = measure(
+                pool, one, target, name="assignment, first offer", kind="first",
+                numbers=assigned, sizes=sizes,
+            )  # fmt: skip
+            offered = assigned[: first.calls]
+            repeat = measure(
+                pool, one, target, name="assignment, repeat offer", kind="repeat",
+                numbers=offered, sizes=sizes,
+            )  # fmt: skip
+            noop2 = measure(
+                pool, one, target, name="no-op (health Check), again", kind="noop",
+                numbers=quiet, sizes=sizes,
+            )  # fmt: skip
+            baseline = (noop.rate + noop2.rate) / 2
+            table(
+                "One server process (ratios against the mean of the two no-op rows)",
+                [noop, cold, warm_quiet, first, repeat, noop2],
+                baseline,
+            )
+            server.stop()
+
+            scaled: dict[int, tuple[Figure, Figure]] = {}
+            for count in (1, 2):
+                servers = [
+                    Server(root, f"reuse-{count}-{i}", [*common, "--reuse-port"])
+                    for i in range(count)
+                ]
+                for _ in range(2 * count):  # every process sees every vehicle once
+                    warm(pool, target, quiet, sizes)
+                label = f"{count} process{'es' if count > 1 else ''}"
+                scaled[count] = (
+                    measure(
+                        pool, servers, target, name=f"no-op, {label}", kind="noop",
+                        numbers=quiet, sizes=sizes,
+                    ),
+                    measure(
+                        pool, servers, target, name=f"nothing to do, {label}", kind="quiet",
+                        numbers=quiet, sizes=sizes,
+                    ),
+                )  # fmt: skip
+                for each in servers:
+                    each.stop()
+        base1 = scaled[1][0].rate
+        table(
+            "Processes sharing the port (--reuse-port); ratios against the 1-process no-op",
+            [*scaled[1], *scaled[2]],
+            base1,
+        )
+        print(
+            f"  scaling 1 -> 2 processes: no-op {scaled[2][0].rate / scaled[1][0].rate:.2f}x, "
+            f"nothing to do {scaled[2][1].rate / scaled[1][1].rate:.2f}x "
+            f"(the load generators share the same {os.cpu_count()} cores)"
+        )
+        per_manifest, per_signature = manifest_figure(root, 200 if sizes.fleet < 50_000 else 2000)
+        print(
+            f"\nVehicle version manifest (3 ECUs + primary signature), verified in-process: "
+            f"{per_manifest:.0f} us each ({per_signature:.0f} us per Ed25519 signature)"
+        )
+        ratio = warm_quiet.rate / baseline
+        print(
+            f"\nGoals: nothing to do >= 0.8 x no-op: {ratio:.2f} "
+            f"({'met' if ratio >= 0.8 else 'not met'}); assignment >= 1,000/s: first "
+            f"{first.rate:.0f}/s, repeat {repeat.rate:.0f}/s; 1 -> 2 processes >= 1.7x: "
+            f"{scaled[2][1].rate / scaled[1][1].rate:.2f}x"
+        )
+
+
+def main() -> int:
+    """Parses the options and runs the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="5,000 vehicles, short windows")
+    parser.add_argument("--database-url", help="an empty database (default: SQLite in a tmp dir)")
+    parser.add_argument("--seconds", type=float, help="length of each window (default 10, small 3)")
+    parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight per process")
+    args = parser.parse_args()
+    if args.small:
+        sizes = Sizes(5_000, 1_500, 3_500, 3.0, args.clients, args.concurrency)
+    else:
+        sizes = Sizes(100_000, 10_000, 20_000, 10.0, args.clients, args.concurrency)
+    if args.seconds:
+        sizes = Sizes(
+            sizes.fleet, sizes.assigned, sizes.working_set, args.seconds, args.clients,
+            args.concurrency,
+        )  # fmt: skip
+    run(sizes, args.database_url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
