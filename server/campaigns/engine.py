@@ -110,12 +110,22 @@ def open_wave(session: Session, campaign: Campaign, now: datetime) -> None:
     )
 
 
-def _join_late_vehicles(session: Session, campaign: Campaign, now: datetime) -> None:
-    """Vehicles that match the selector since the last step join the open wave."""
+def _join_late_vehicles(
+    session: Session, campaign: Campaign, now: datetime, *, settled: datetime | None = None
+) -> None:
+    """Vehicles that match the selector since the last step join the open wave.
+
+    ``settled``: a moment up to which every change is known to have been looked at by an
+    earlier step that ran after those changes committed; the look-back stops there.
+    """
     if campaign.kind != CampaignKind.UPDATE or campaign.joined_until is None:
         return
     assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
     since = as_utc(campaign.joined_until) - JOIN_LOOKBACK
+    if settled is not None and settled > since:
+        # Without this, every step re-reads the whole last import (all changed within the
+        # look-back of the newest change) for as long as no vehicle changes again.
+        since = settled
     newest: datetime | None = session.exec(
         select(func.max(Vehicle.changed_at)).where(col(Vehicle.changed_at) >= since)
     ).one()
@@ -222,12 +232,18 @@ class StepOutcome:
 
 
 def step_campaign(
-    session: Session, campaign_id: int, now: datetime, *, staging_wait: timedelta = DEFAULT_WAIT
+    session: Session,
+    campaign_id: int,
+    now: datetime,
+    *,
+    staging_wait: timedelta = DEFAULT_WAIT,
+    settled: datetime | None = None,
 ) -> StepOutcome | None:
     """One engine step of one campaign inside ``session``; None if it is not running.
 
     ``staging_wait`` is how long a site's relay that has not staged the bundle may hold
-    back a wave at its site.
+    back a wave at its site. ``settled``: see :func:`_join_late_vehicles` (None: the full
+    look-back).
     """
     from server.campaigns.rollback import start_rollback  # noqa: PLC0415 - import cycle
 
@@ -239,7 +255,7 @@ def step_campaign(
     public_id = campaign_public_id(campaign_id)
     plan = CampaignPlan.from_json(campaign.plan)
     gate = plan.gate
-    _join_late_vehicles(session, campaign, now)
+    _join_late_vehicles(session, campaign, now, settled=settled)
     counts = wave_counts(session, campaign_id)
     reset = campaign.gate_reset_at
     judged = counts if reset is None else wave_counts(session, campaign_id, reported_since=reset)
@@ -292,6 +308,12 @@ class CampaignEngine:
     ) -> None:
         self._database = database
         self._clock = clock
+        # Per campaign: (newest change seen, when a step looked back over it). Once a step
+        # ran JOIN_LOOKBACK after the newest change, every change up to it had committed and
+        # was seen, so later steps need not look back past it. In memory: a new leader
+        # looks back in full once.
+        self._seen: dict[int, tuple[datetime, datetime]] = {}
+        self._analyzed: set[int] = set()
         self._staging_wait = staging_wait
 
     @property
@@ -308,10 +330,39 @@ class CampaignEngine:
         outcomes = []
         for campaign_id in running:
             assert campaign_id is not None  # noqa: S101 - persisted campaigns have ids
+            self._analyze_once(campaign_id)
+            now = self._clock()
+            seen = self._seen.get(campaign_id)
+            settled = seen[0] if seen is not None and seen[1] - seen[0] >= JOIN_LOOKBACK else None
             with self._database.session() as session:
                 outcome = step_campaign(
-                    session, campaign_id, self._clock(), staging_wait=self._staging_wait
+                    session, campaign_id, now, staging_wait=self._staging_wait, settled=settled
                 )
+                joined_until = session.exec(
+                    select(Campaign.joined_until).where(Campaign.id == campaign_id)
+                ).first()
+            if joined_until is not None:
+                newest = as_utc(joined_until)
+                # Keep the first step that ran a full look-back after the newest change.
+                if seen is None or seen[0] != newest or seen[1] - seen[0] < JOIN_LOOKBACK:
+                    self._seen[campaign_id] = (newest, now)
             if outcome is not None:
                 outcomes.append(outcome)
         return outcomes
+
+    def _analyze_once(self, campaign_id: int) -> None:
+        """PostgreSQL: fresh planner statistics before a campaign's first step here.
+
+        A campaign's start inserts a row per vehicle (often right after a bulk import);
+        until autovacuum analyzes the tables, the planner takes them for empty and runs
+        the late-join anti-join as nested loops over sequential scans (0.9 s for 5,000
+        vehicles instead of 15 ms). ANALYZE samples, so it costs ~0.1 s at 100,000 rows.
+        """
+        if campaign_id in self._analyzed:
+            return
+        self._analyzed.add(campaign_id)
+        if self._database.engine.dialect.name != "postgresql":
+            return
+        with self._database.engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE campaign_assignment, fleet_vehicle, fleet_ecu")
+            connection.commit()
