@@ -21,6 +21,8 @@ _MODEL_MODULES = (
     "server.releases.models",
     "server.fleet.models",
     "server.campaigns.models",
+    # The offer epoch and the triggers that advance it (quiet check-ins skip the store).
+    "server.campaigns.offers",
     "server.auth.models",
     # Installs the triggers that keep the audit log append-only.
     "server.auth.audit",
