@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -137,6 +138,10 @@ class StaffelServer:
         self._refresher: asyncio.Task[None] | None = None
         self._stepper: asyncio.Task[None] | None = None
         self._presence_flusher: asyncio.Task[None] | None = None
+        # The epoch reader and the last-seen flusher get a thread of their own: in the
+        # default executor they would queue behind a burst of check-ins, the epoch would
+        # age past MAX_EPOCH_AGE_SECONDS, and every check-in would go to the database.
+        self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staffel-epoch")
         self._epoch_reader: asyncio.Task[None] | None = None
         self.grpc_address = ""
         self.http_url = ""
@@ -281,7 +286,9 @@ class StaffelServer:
         while True:
             await asyncio.sleep(self.config.presence_flush_seconds)
             try:
-                await asyncio.to_thread(self.presence.flush, self.database)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._housekeeping, self.presence.flush, self.database
+                )
             except Exception:
                 # Kept in the buffer and written at the next interval.
                 log.exception("writing last-seen moments failed; retrying at the next interval")
@@ -291,7 +298,9 @@ class StaffelServer:
         while True:
             await asyncio.sleep(self.config.offer_epoch_seconds)
             try:
-                await asyncio.to_thread(self.quiet.refresh, self.database)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._housekeeping, self.quiet.refresh, self.database
+                )
             except Exception:
                 # Quiet answers stop by themselves once the epoch is too old.
                 log.exception("reading the offer epoch failed; retrying at the next interval")
@@ -314,6 +323,7 @@ class StaffelServer:
             await asyncio.to_thread(self.presence.flush, self.database)
         except Exception:
             log.exception("writing the last-seen moments at shutdown failed")
+        self._housekeeping.shutdown(wait=True)
         self.tracing.shutdown()
         self._stop_observing_signing()
         self.database.dispose()
