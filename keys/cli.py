@@ -14,6 +14,7 @@ from keys.keyset import (
     init_keyset,
     passphrase_from_env,
 )
+from keys.manage import add_supplier
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,8 +54,43 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="with --offline-dir: keep the Image repository's targets key offline too",
     )
     init_parser.set_defaults(func=run_init)
+    supplier = commands.add_parser("supplier", help="delegate target names to a supplier")
+    supplier_commands = supplier.add_subparsers(dest="supplier_command", required=True)
+    supplier_add = supplier_commands.add_parser(
+        "add",
+        help="create a supplier's role and key",
+        description=(
+            "Creates the Image repository role supplier-NAME with one online key. The "
+            "top-level targets delegate the target names matching --paths to it, before "
+            "the bins, when they are next signed."
+        ),
+    )
+    supplier_add.add_argument("--dir", required=True, type=Path, help="key set directory")
+    supplier_add.add_argument("--name", required=True, help="the supplier, e.g. brakes")
+    supplier_add.add_argument(
+        "--paths", required=True, nargs="+", help="glob patterns over target names"
+    )
+    supplier_add.add_argument("--algorithm", choices=ALGORITHMS, default="ed25519")
+    supplier_add.set_defaults(func=run_supplier_add)
     ceremony_cli.add_commands(commands)
     fleet_cli.add_commands(commands)
+
+
+def run_supplier_add(args: argparse.Namespace) -> int:
+    """Handles ``staffel keys supplier add``; returns the process exit status."""
+    try:
+        entry = add_supplier(
+            args.dir,
+            args.name,
+            args.paths,
+            algorithm=args.algorithm,
+            passphrase=passphrase_from_env(),
+        )
+    except KeyToolError as error:
+        print(f"staffel keys supplier add: {error}", file=sys.stderr)
+        return 1
+    print(f"added image.supplier-{args.name} ({args.dir / entry.file}) for {' '.join(args.paths)}")
+    return 0
 
 
 def run_init(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ REPOSITORIES: Final = ("image", "director")
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
 # Online role of the Image repository that signs the hashed bins (TAP 15 succinct roles).
 BINS_ROLE: Final = "bins"
+# Image repository roles delegated to suppliers are named ``supplier-NAME``.
+SUPPLIER_PREFIX: Final = "supplier-"
 ALGORITHMS: Final = ("ed25519", "ecdsa-p256")
 INDEX_NAME: Final = "keyset.json"
 PASSPHRASE_ENV: Final = "STAFFEL_KEY_PASSPHRASE"  # noqa: S105 (a variable name, no secret)
@@ -66,10 +68,18 @@ class KeyEntry:
 
 @dataclass(frozen=True)
 class RoleKeys:
-    """The keys of one role and how many of them must sign."""
+    """The keys of one role and how many of them must sign.
+
+    Attributes:
+        threshold: How many of the keys must sign.
+        keys: The role's keys.
+        paths: For a supplier role, the glob patterns of the target names delegated to
+            it (e.g. ``brake-ecu-*``); empty for every other role.
+    """
 
     threshold: int
     keys: tuple[KeyEntry, ...]
+    paths: tuple[str, ...] = ()
 
 
 def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
@@ -159,6 +169,15 @@ class KeySet:
     def public_keys(self, repo: str, role: str) -> list[Key]:
         """The public keys that may sign ``role`` of ``repo``."""
         return [entry.public for entry in self._role(repo, role).keys]
+
+    def suppliers(self) -> dict[str, tuple[str, ...]]:
+        """The Image repository's supplier roles (``supplier-NAME``) and their path patterns."""
+        prefix = f"image.{SUPPLIER_PREFIX}"
+        return {
+            name.removeprefix("image."): keys.paths
+            for name, keys in sorted(self.roles().items())
+            if name.startswith(prefix)
+        }
 
     def threshold(self, repo: str, role: str) -> int:
         """How many of the role's keys must sign."""
@@ -253,7 +272,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def _role_to_dict(keys: RoleKeys) -> dict[str, Any]:
+    paths: dict[str, Any] = {"paths": list(keys.paths)} if keys.paths else {}
     return {
+        **paths,
         "threshold": keys.threshold,
         "keys": [
             {
@@ -278,7 +299,8 @@ def _parse_role(entry: dict[str, Any]) -> RoleKeys:
         keys.append(KeyEntry(file, public, offline=bool(key.get("offline", False))))
     if not keys or not 1 <= threshold <= len(keys):
         raise ValueError(f"threshold {threshold} does not fit {len(keys)} keys")
-    return RoleKeys(threshold=threshold, keys=tuple(keys))
+    paths = tuple(str(path) for path in entry.get("paths", ()))
+    return RoleKeys(threshold=threshold, keys=tuple(keys), paths=paths)
 
 
 def init_keyset(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +28,7 @@ from keys.keyset import (
     INDEX_NAME,
     REPOSITORIES,
     ROLES,
+    SUPPLIER_PREFIX,
     KeyEntry,
     KeySet,
     RoleKeys,
@@ -33,6 +36,8 @@ from keys.keyset import (
     key_file_name,
     read_index,
 )
+
+_SUPPLIER_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def create_keyset(
@@ -149,7 +154,53 @@ def add_key(
         offline=offline_dir is not None,
     )
     current = roles[name]
-    roles[name] = RoleKeys(threshold=current.threshold, keys=(*current.keys, entry))
+    roles[name] = RoleKeys(current.threshold, (*current.keys, entry), current.paths)
+    _write_index(directory, roles, encrypted)
+    return entry
+
+
+def add_supplier(
+    directory: Path,
+    name: str,
+    paths: Sequence[str],
+    *,
+    algorithm: str = "ed25519",
+    passphrase: bytes | None = None,
+) -> KeyEntry:
+    """Creates the Image repository role ``supplier-NAME`` with one key and its paths.
+
+    The top-level targets delegate the target names matching ``paths`` to the role
+    (before the bins, terminating) once they are next signed.
+
+    Args:
+        directory: The key set directory.
+        name: The supplier, lowercase letters, digits and dashes (``brakes``).
+        paths: Glob patterns over target names (``brake-ecu-*``).
+        algorithm: The key type.
+        passphrase: Encrypts the private key.
+
+    Returns:
+        The supplier's new key.
+
+    Raises:
+        KeySetInvalidError: The supplier exists already.
+        KeyToolError: The name, a pattern or the algorithm is not valid.
+    """
+    _check_algorithm(algorithm)
+    if not _SUPPLIER_NAME.fullmatch(name):
+        raise KeyToolError(
+            f"supplier name {name!r} is not valid: use lowercase letters, digits and dashes"
+        )
+    if not paths or any(not path or "/" in path for path in paths):
+        raise KeyToolError("give at least one path pattern over target names, without '/'")
+    roles, encrypted = read_index(directory)
+    role = f"{SUPPLIER_PREFIX}{name}"
+    if f"image.{role}" in roles:
+        raise KeySetInvalidError(f"supplier {name} exists already in {directory}")
+    entry = write_new_key(
+        directory, key_file_name("image", role), algorithm, passphrase, offline=False
+    )
+    roles[f"image.{role}"] = RoleKeys(1, (entry,), tuple(paths))
     _write_index(directory, roles, encrypted)
     return entry
 
@@ -171,7 +222,7 @@ def add_public_key(directory: Path, name: str, public: SSlibKey, *, reference: s
         raise KeySetInvalidError(f"no role {name} in {directory}: use one of {', '.join(roles)}")
     entry = KeyEntry(_safe_file_name(reference), public, offline=True)
     current = roles[name]
-    roles[name] = RoleKeys(threshold=current.threshold, keys=(*current.keys, entry))
+    roles[name] = RoleKeys(current.threshold, (*current.keys, entry), current.paths)
     _write_index(directory, roles, encrypted)
 
 
@@ -205,7 +256,7 @@ def revoke_key(directory: Path, keyid: str, *, threshold: int | None = None) -> 
                 f"(`staffel keys add --role {name}`), then revoke it"
             )
         wanted = min(threshold or keys.threshold, len(kept))
-        roles[name] = RoleKeys(threshold=wanted, keys=kept)
+        roles[name] = RoleKeys(wanted, kept, keys.paths)
         _write_index(directory, roles, encrypted)
         [revoked] = [entry for entry in keys.keys if entry.public.keyid == keyid]
         path = directory / revoked.file
@@ -227,7 +278,7 @@ def set_threshold(directory: Path, name: str, threshold: int) -> None:
             f"cannot set a threshold of {threshold} for {name!r}: the role must exist and "
             f"hold at least that many keys"
         )
-    roles[name] = RoleKeys(threshold=threshold, keys=roles[name].keys)
+    roles[name] = RoleKeys(threshold, roles[name].keys, roles[name].paths)
     _write_index(directory, roles, encrypted)
 
 

@@ -24,7 +24,7 @@ from server.repository.image_repo import TIMESTAMP_FILE, ImageRepository
 
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _VERSION: Final = r"[1-9][0-9]{0,18}"
-_ROLE: Final = r"(?:root|targets|snapshot|bins|bin-[0-9a-f]{1,8})"
+_ROLE: Final = r"(?:root|targets|snapshot|bins|bin-[0-9a-f]{1,8}|supplier-[a-z0-9-]{1,64})"
 _IMAGE_METADATA: Final = re.compile(rf"(?:{_VERSION}\.{_ROLE}|timestamp)\.json")
 _DIRECTOR_ROOT: Final = re.compile(rf"({_VERSION})\.root\.json")
 _IMAGE_TARGET: Final = re.compile(r"([0-9a-f]{64})\.([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})")

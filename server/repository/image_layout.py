@@ -7,6 +7,10 @@
 A client that looks up one image reads targets, bins and one bin, so its refresh after
 one more image is published costs timestamp + snapshot + one bin, whatever the size of
 the repository. The bins role and the bins are signed by the online ``image.bins`` key.
+
+Supplier delegations (Uptane) come first: the top-level targets delegate the target
+names matching a supplier's glob ``paths`` to the role ``supplier-NAME`` (terminating,
+listed before ``bins``), signed by the supplier's own key (``image.supplier-NAME``).
 """
 
 from __future__ import annotations
@@ -79,21 +83,83 @@ def bins_keys(keys: KeySet) -> dict[str, Key]:
     return {key.keyid: key for key in keys.public_keys("image", BINS_ROLE)}
 
 
+def supplier_delegations(keys: KeySet) -> tuple[dict[str, Key], list[DelegatedRole]]:
+    """The key set's supplier roles as terminating delegations, and their keys by key id."""
+    keyring: dict[str, Key] = {}
+    roles: list[DelegatedRole] = []
+    for name, paths in keys.suppliers().items():
+        supplier_keys = {key.keyid: key for key in keys.public_keys("image", name)}
+        keyring.update(supplier_keys)
+        roles.append(
+            DelegatedRole(
+                name=name,
+                keyids=list(supplier_keys),
+                threshold=keys.threshold("image", name),
+                terminating=True,
+                paths=list(paths),
+            )
+        )
+    return keyring, roles
+
+
 def top_level_targets(keys: KeySet, *, version: int, expires: datetime) -> Targets:
-    """Top-level targets delegating every image path to the ``bins`` role."""
-    keyring = bins_keys(keys)
+    """Top-level targets delegating to the suppliers first, then every path to ``bins``."""
+    keyring, suppliers = supplier_delegations(keys)
+    bins_keyring = bins_keys(keys)
     role = DelegatedRole(
         name=BINS_ROLE,
-        keyids=list(keyring),
+        keyids=list(bins_keyring),
         threshold=keys.threshold("image", BINS_ROLE),
         terminating=True,
         paths=["*"],
     )
+    roles = {supplier.name: supplier for supplier in suppliers}
+    roles[BINS_ROLE] = role
     return Targets(
         version=version,
         expires=expires,
-        delegations=Delegations(keys=keyring, roles={BINS_ROLE: role}),
+        delegations=Delegations(keys={**keyring, **bins_keyring}, roles=roles),
     )
+
+
+def with_suppliers(current: Targets, keys: KeySet) -> Targets | None:
+    """``current`` with the key set's supplier delegations, or None when it has them.
+
+    The bins delegation is kept as signed (a pending bins key rotation is the offline
+    ceremony's business); only the supplier delegations are replaced.
+    """
+    delegation = bins_delegation(current)
+    keyring, suppliers = supplier_delegations(keys)
+    wanted = [(role.name, role.keyids, role.threshold, role.paths) for role in suppliers]
+    held = [
+        (role.name, role.keyids, role.threshold, role.paths) for role in supplier_roles(current)
+    ]
+    if wanted == held or current.delegations is None:
+        return None
+    bins_keyring = {keyid: current.delegations.keys[keyid] for keyid in delegation.keyids}
+    roles = {supplier.name: supplier for supplier in suppliers}
+    roles[BINS_ROLE] = delegation
+    return Targets(
+        version=current.version + 1,
+        expires=current.expires,
+        targets=current.targets,
+        delegations=Delegations(keys={**keyring, **bins_keyring}, roles=roles),
+    )
+
+
+def supplier_roles(targets: Targets) -> list[DelegatedRole]:
+    """The top-level targets' delegations to suppliers, in lookup order."""
+    if targets.delegations is None or targets.delegations.roles is None:
+        return []
+    return [role for role in targets.delegations.roles.values() if role.name != BINS_ROLE]
+
+
+def supplier_for(targets: Targets, target_name: str) -> str | None:
+    """The supplier role the top-level targets delegate ``target_name`` to, or None."""
+    for role in supplier_roles(targets):
+        if role.is_delegated_path(target_name):
+            return role.name
+    return None
 
 
 def bins_role(keys: KeySet, *, bit_length: int, version: int, expires: datetime) -> Targets:

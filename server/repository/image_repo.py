@@ -3,7 +3,8 @@
 Metadata is stored in ``RepoMetadata`` rows named as served (consistent snapshots):
 ``N.root.json``, ``N.targets.json``, ``N.bins.json``, ``N.bin-XXX.json``,
 ``N.snapshot.json`` and the latest ``timestamp.json``. Images live in hashed bins
-(``server.repository.image_layout``). Each change follows the TUF order: new bins (or
+(``server.repository.image_layout``), or in a supplier's role (``N.supplier-NAME.json``)
+when the name matches that supplier's paths. Each change follows the TUF order: new bins (or
 targets), then a snapshot naming them, then a timestamp naming the snapshot, all in one
 transaction that holds the lock on ``timestamp.json``.
 """
@@ -38,7 +39,10 @@ from server.repository.image_layout import (
     bins_delegation,
     bins_role,
     succinct_roles,
+    supplier_for,
+    supplier_roles,
     top_level_targets,
+    with_suppliers,
 )
 from server.repository.models import (
     RepoMetadata,
@@ -131,6 +135,7 @@ class ImageRepository:
                 self._store(session, TARGETS_FILE, targets, sign(targets, self._keys, REPO, root))
                 self._store_delegated(session, BINS_FILE, bins, targets)
                 snapshot.meta[BINS_FILE] = MetaFile(version=1)
+                self._add_supplier_roles(session, snapshot, targets, expires)
                 for name in succinct_roles(bins).get_roles():
                     empty = Targets(version=1, expires=expires)
                     self._store_delegated(session, f"{name}.json", empty, bins)
@@ -175,15 +180,19 @@ class ImageRepository:
             raise InvalidArgumentError("each image may appear once in a publication")
         with self._database.session() as session:
             head = self._locked_head(session)
+            now = self._clock()
+            targets = self._sync_suppliers(session, head, now)
             bins = self._load(session, head.snapshot, BINS_FILE)
             roles = succinct_roles(bins)
             by_bin: dict[str, list[ImageTarget]] = {}
             for image in checked:
-                by_bin.setdefault(roles.get_role_for_target(image.target_name), []).append(image)
-            now = self._clock()
+                role = supplier_for(targets, image.target_name)
+                role = role or roles.get_role_for_target(image.target_name)
+                by_bin.setdefault(role, []).append(image)
             signings: dict[str, Signing] = {}
             for bin_name, members in sorted(by_bin.items()):
                 filename = f"{bin_name}.json"
+                delegator = targets if supplier_for(targets, members[0].target_name) else bins
                 bin_targets = self._load(session, head.snapshot, filename)
                 for image in members:
                     if image.target_name in bin_targets.targets:
@@ -194,7 +203,7 @@ class ImageRepository:
                     bin_targets.targets[image.target_name] = image.target_file()
                 bin_targets.version += 1
                 bin_targets.expires = expires_after(now, self._expiry.targets)
-                keyids = self._store_delegated(session, filename, bin_targets, bins)
+                keyids = self._store_delegated(session, filename, bin_targets, delegator)
                 head.snapshot.meta[filename] = MetaFile(version=bin_targets.version)
                 signing = Signing(bin_name, bin_targets.version, keyids, now.replace(microsecond=0))
                 signings.update((image.target_name, signing) for image in members)
@@ -273,6 +282,7 @@ class ImageRepository:
                 current = self._import_targets(session, head, current, targets)
             else:
                 self._check_targets_trusted(session, head)
+            self._add_supplier_roles(session, head.snapshot, current, current.expires)
             old_bins = self._load(session, head.snapshot, BINS_FILE)
             if set(bins_delegation(current).keyids) != set(_signature_keyids(session, old_bins)):
                 self._resign_bins(session, head, current)
@@ -316,6 +326,44 @@ class ImageRepository:
             ) from error
         self._store(session, TARGETS_FILE, targets, data)
         head.snapshot.meta[TARGETS_FILE] = MetaFile(version=targets.version)
+
+    def _sync_suppliers(self, session: Session, head: _Head, now: datetime) -> Targets:
+        """The top-level targets, re-signed first when the key set's suppliers changed.
+
+        Only when the server holds the targets key; with an offline targets key the
+        suppliers reach the targets through the ceremony (``staffel keys targets``).
+
+        Returns:
+            The top-level targets now in force.
+        """
+        current = self._load(session, head.snapshot, TARGETS_FILE)
+        wanted = with_suppliers(current, self._keys)
+        if wanted is None:
+            return current
+        wanted.expires = expires_after(now, self._expiry.targets)
+        try:
+            data = sign(wanted, self._keys, REPO, head.root)
+        except RepositoryError:
+            return current
+        self._store(session, TARGETS_FILE, wanted, data)
+        head.snapshot.meta[TARGETS_FILE] = MetaFile(version=wanted.version)
+        self._add_supplier_roles(session, head.snapshot, wanted, wanted.expires)
+        return wanted
+
+    def _add_supplier_roles(
+        self, session: Session, snapshot: Snapshot, targets: Targets, expires: datetime
+    ) -> None:
+        """Stores an empty first version of each supplier role the snapshot lacks."""
+        for role in supplier_roles(targets):
+            filename = f"{role.name}.json"
+            if filename in snapshot.meta:
+                continue
+            version = 1
+            while metadata_row(session, REPO, f"{version}.{filename}") is not None:
+                version += 1  # the supplier was delegated before, then dropped
+            empty = Targets(version=version, expires=expires)
+            self._store_delegated(session, filename, empty, targets)
+            snapshot.meta[filename] = MetaFile(version=version)
 
     def _resign_bins(self, session: Session, head: _Head, targets: Targets) -> None:
         """Re-signs the bins role and every bin with the bins keys ``targets`` names."""
