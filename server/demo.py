@@ -110,6 +110,7 @@ def run_demo(root: Path) -> int:
         say("the approver (not the author) approves campaign c1")
         print(sandbox.staffel(server, "campaign", "approve", "c1", who="approver").strip())
         print(sandbox.staffel(server, "campaign", "start", "c1").strip())
+        sandbox.wait_released(server, "c1")
 
         say("vehicles check in through the relay and update")
         clients = [sandbox.client_once(vehicle) for vehicle in vehicles]

@@ -239,15 +239,42 @@ class Sandbox:
             tool("staffel"), "--server", server.grpc, "--token", token, *arguments
         ).stdout
 
-    def start_campaign(self, server: Service, *create_arguments: str) -> str:
-        """Creates a campaign, has the approver approve it, starts it; returns its id."""
+    def start_campaign(
+        self, server: Service, *create_arguments: str, wait_released: bool = True
+    ) -> str:
+        """Creates a campaign, has the approver approve it, starts it; returns its id.
+
+        With ``wait_released`` it returns only once the engine released wave 1 (its next
+        step after the start), so a vehicle checking in right away is offered its update.
+        """
         created = json.loads(
             self.staffel(server, "--json", "campaign", "create", *create_arguments)
         )
         campaign_id: str = created["campaignId"]
         self.staffel(server, "campaign", "approve", campaign_id, who="approver")
         self.staffel(server, "campaign", "start", campaign_id)
+        if wait_released:
+            self.wait_released(server, campaign_id)
         return campaign_id
+
+    def wait_released(self, server: Service, campaign_id: str, timeout: float = 60.0) -> None:
+        """Waits until no vehicle of the campaign's wave 1 is still queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            campaign = json.loads(self.staffel(server, "--json", "campaign", "status", campaign_id))
+            queued = [
+                a
+                for a in campaign.get("assignments", [])
+                if a.get("state") == "ASSIGNMENT_STATE_QUEUED" and a.get("wave", 0) <= 1
+            ]
+            if not queued:
+                return
+            if time.monotonic() > deadline:
+                raise StaffelError(
+                    f"campaign {campaign_id}: {len(queued)} vehicle(s) of wave 1 still queued "
+                    f"after {timeout:.0f} s; is the engine stepping?"
+                )
+            time.sleep(0.1)
 
     def provision_vehicle(
         self,
