@@ -1,7 +1,7 @@
 """HTTP routes of the repositories, exactly as laid out in docs/architecture.md.
 
     /image/metadata/N.root.json | N.targets.json | N.snapshot.json   immutable
-    /image/metadata/N.bins.json | N.bin-XXX.json (hashed bins)       immutable
+    /image/metadata/N.bins.json | N.bin-NNN.json (hashed bins)       immutable
     /image/metadata/timestamp.json                                   no-cache
     /image/targets/SHA256.TARGETNAME                                 immutable, Range
     /director/metadata/N.root.json                                   immutable

@@ -163,7 +163,7 @@ def supplier_for(targets: Targets, target_name: str) -> str | None:
 
 
 def bins_role(keys: KeySet, *, bit_length: int, version: int, expires: datetime) -> Targets:
-    """The ``bins`` role: succinct hashed-bin delegations to ``bin-XXX``."""
+    """The ``bins`` role: succinct hashed-bin delegations to ``bin-NNN``."""
     keyring = bins_keys(keys)
     succinct = SuccinctRoles(
         keyids=list(keyring),

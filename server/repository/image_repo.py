@@ -1,7 +1,7 @@
 """The Uptane Image repository: a TUF repository of every image that may be installed.
 
 Metadata is stored in ``RepoMetadata`` rows named as served (consistent snapshots):
-``N.root.json``, ``N.targets.json``, ``N.bins.json``, ``N.bin-XXX.json``,
+``N.root.json``, ``N.targets.json``, ``N.bins.json``, ``N.bin-NNN.json``,
 ``N.snapshot.json`` and the latest ``timestamp.json``. Images live in hashed bins
 (``server.repository.image_layout``), or in a supplier's role (``N.supplier-NAME.json``)
 when the name matches that supplier's paths. Each change follows the TUF order: new bins (or
