@@ -70,7 +70,11 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         quiet: QuietVehicles | None = None,
         manifests: ManifestGate | None = None,
     ) -> None:
-        self._manifests = manifests or ManifestGate(database, clock=clock)
+        self._manifests = manifests or ManifestGate(
+            database,
+            clock=clock,
+            offer_epoch=(lambda: quiet.epoch) if quiet is not None else lambda: None,
+        )
         self._clock = clock
         self._presence = presence
         self._quiet = quiet
@@ -85,10 +89,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         ecus = [
             EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
         ]
+        likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
-        manifest = await self._manifests.admit(request.vin, request.manifest, ecus)
+        manifest = await self._manifests.admit(
+            request.vin, request.manifest, ecus, quiet=likely_quiet
+        )
         result = None
-        if self._quiet is not None and self._presence is not None:
+        if likely_quiet and self._quiet is not None and self._presence is not None:
             # Most check-ins: answered from memory on the event loop, no thread, no SQL.
             result = check_in_quietly(
                 self._quiet,

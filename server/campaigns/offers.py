@@ -9,7 +9,8 @@ in the transaction that makes the change, whenever
 - an assignment becomes offerable (inserted or moved to pending or in progress from a state
   that was not offerable: released by the engine, retried);
 - an ECU of the fleet registry is added, removed, or changes what it reports
-  (serial, vehicle, hardware id, installed image, primary flag).
+  (serial, vehicle, hardware id, installed image, primary flag) or its public key (the
+  manifest gate trusts a vehicle without keys to have none while the epoch stands still).
 
 Every process reads the epoch once a second (one primary-key read), so a campaign started
 through one replica reaches vehicles that check in on another within a second, far below
@@ -52,7 +53,8 @@ _ECU_CHANGED: Final = (
     "NEW.serial IS DISTINCT FROM OLD.serial OR NEW.vin IS DISTINCT FROM OLD.vin "
     "OR NEW.hardware_id IS DISTINCT FROM OLD.hardware_id "
     "OR NEW.installed_sha256 IS DISTINCT FROM OLD.installed_sha256 "
-    'OR NEW."primary" IS DISTINCT FROM OLD."primary"'
+    'OR NEW."primary" IS DISTINCT FROM OLD."primary" '
+    "OR NEW.public_key IS DISTINCT FROM OLD.public_key"
 )
 
 _ECU_CHANGED_SQLITE: Final = _ECU_CHANGED.replace("IS DISTINCT FROM", "IS NOT")

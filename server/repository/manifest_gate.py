@@ -10,10 +10,15 @@ A check-in that goes to the database (anything but a quiet "nothing to do") stor
 manifest first with :meth:`ManifestGate.record`, which checks freshness again against the
 stored inventory, in the same transaction that writes it: this is the check that holds
 across server processes and restarts, before the Director signs anything. A quiet check-in
-keeps its manifest in memory only (its inventory is the stored one, unchanged).
+keeps its manifest in memory only (its inventory is the stored one, unchanged), so it skips
+the one signature the manifest's own signature covers (the primary's report, same key);
+:meth:`ManifestGate.record` checks that one before anything is stored.
 
 A vehicle registered without ECU keys (an import that had none) checks in without a
-manifest, as before manifests existed; one with keys must send one.
+manifest, as before manifests existed; one with keys must send one. "No keys" is trusted
+while the offer epoch stands still (registering an ECU or changing its key moves it, on
+every server process within a second); without an epoch source, for
+``KEYLESS_RECHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -36,6 +41,7 @@ from server.repository.manifests import (
     Freshness,
     VerifiedManifest,
     check_fresh,
+    check_primary_report,
     record_manifest,
     stored_freshness,
     verify_manifest,
@@ -56,6 +62,11 @@ class _Known:
     keys: Mapping[str, Key]
     freshness: Freshness | None
     loaded_at: float  # time.monotonic() of the database read
+    epoch: int | None  # the offer epoch read before the database read (None: unknown)
+
+
+def _no_epoch() -> int | None:
+    return None
 
 
 class ManifestGate:
@@ -67,16 +78,23 @@ class ManifestGate:
         *,
         clock: Clock = system_clock,
         max_vehicles: int = MAX_CACHED_VEHICLES,
+        offer_epoch: Callable[[], int | None] = _no_epoch,
     ) -> None:
-        """A gate over the fleet registry and inventories of ``database``."""
+        """A gate over the fleet registry and inventories of ``database``.
+
+        ``offer_epoch`` returns the current offer epoch, or None while it is unknown or
+        stale (``QuietVehicles.epoch``); a vehicle found without keys is trusted to have
+        none while it stands still.
+        """
         self._database = database
         self._clock = clock
+        self._offer_epoch = offer_epoch
         self._max_vehicles = max_vehicles
         self._lock = threading.Lock()
         self._vehicles: dict[str, _Known] = {}
 
     async def admit(
-        self, vin: str, data: bytes, ecus: Sequence[EcuSpec]
+        self, vin: str, data: bytes, ecus: Sequence[EcuSpec], *, quiet: bool = False
     ) -> VerifiedManifest | None:
         """Verifies the manifest a check-in carries and refuses a replay.
 
@@ -84,6 +102,9 @@ class ManifestGate:
             vin: The vehicle checking in.
             data: ``CheckInRequest.manifest`` as received.
             ecus: What the request's ``ecus`` say each ECU runs; each report must agree.
+            quiet: The answer will likely be "nothing to do" from memory: skip the
+                primary's report signature, which the manifest's covers (``record``
+                checks it if the manifest is stored after all).
 
         Returns:
             The verified manifest, or None for a vehicle registered without ECU keys (or
@@ -95,9 +116,7 @@ class ManifestGate:
             InvalidArgumentError: A malformed manifest, or one that disagrees with ``ecus``.
         """
         known = self._vehicles.get(vin)
-        if known is None or (
-            not known.keys and time.monotonic() - known.loaded_at > KEYLESS_RECHECK_SECONDS
-        ):
+        if known is None or (not known.keys and not self._still_keyless(known)):
             known = await asyncio.to_thread(self._load, vin)
         if not known.keys:
             return None
@@ -106,7 +125,7 @@ class ManifestGate:
                 f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
                 f"manifest signed by its ECUs; refused"
             )
-        manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys)
+        manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys, primary_report_covered=quiet)
         _check_agrees(manifest, ecus)
         with self._lock:
             current = self._vehicles.get(vin, known)
@@ -122,6 +141,9 @@ class ManifestGate:
         """
         if manifest is None:
             return
+        if not manifest.primary_report_checked:
+            known = self._vehicles.get(manifest.vin) or self._load(manifest.vin)
+            manifest = check_primary_report(manifest, known.keys)
         with self._database.session() as session:
             record_manifest(session, manifest, now=self._clock())
 
@@ -130,7 +152,14 @@ class ManifestGate:
         with self._lock:
             self._vehicles.pop(vin, None)
 
+    def _still_keyless(self, known: _Known) -> bool:
+        """Whether a vehicle found without keys may still be taken to have none."""
+        if known.epoch is not None:
+            return self._offer_epoch() == known.epoch
+        return time.monotonic() - known.loaded_at <= KEYLESS_RECHECK_SECONDS
+
     def _load(self, vin: str) -> _Known:
+        epoch = self._offer_epoch()  # before the read: a later key moves it
         with self._database.session() as session:
             rows = session.exec(
                 select(Ecu.serial, Ecu.public_key).where(Ecu.vin == vin, Ecu.public_key != "")
@@ -138,7 +167,7 @@ class ManifestGate:
             inventory = session.get(VehicleInventory, vin)
             freshness = stored_freshness(inventory)
         keys = {serial: ecu_public_key(serial, text) for serial, text in rows}
-        known = _Known(keys=keys, freshness=freshness, loaded_at=time.monotonic())
+        known = _Known(keys=keys, freshness=freshness, loaded_at=time.monotonic(), epoch=epoch)
         with self._lock:
             if len(self._vehicles) >= self._max_vehicles:
                 self._vehicles.clear()

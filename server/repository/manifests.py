@@ -9,6 +9,11 @@ A manifest is accepted only when
   of the two);
 
 and then it becomes the vehicle's software inventory (``VehicleInventory``).
+
+The primary's own report is signed by the same key as the manifest around it, whose
+signature covers the report and its signature too; a check-in answered "nothing to do"
+(which stores nothing) may skip that one redundant check (``primary_report_covered``),
+and :func:`check_primary_report` makes it before the manifest is stored.
 :func:`verify_manifest` and :func:`check_fresh` are pure; :func:`record_manifest` does the
 database part. Refusals are ``PermissionDeniedError`` (signature, unknown ECU, replay) or
 ``InvalidArgumentError`` (malformed), each naming the ECU or the nonce.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -58,6 +63,8 @@ class VerifiedManifest:
     primary_ecu_serial: str
     reports: tuple[EcuReport, ...]
     data: bytes = b""
+    # False while the primary's own report signature (covered by the manifest's) is unchecked.
+    primary_report_checked: bool = True
 
     @property
     def latest_time(self) -> datetime:
@@ -73,13 +80,22 @@ class Freshness:
     nonces: tuple[str, ...]
 
 
-def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> VerifiedManifest:
+def verify_manifest(
+    data: bytes,
+    *,
+    vin: str,
+    ecu_keys: Mapping[str, Key],
+    primary_report_covered: bool = False,
+) -> VerifiedManifest:
     """Checks a vehicle version manifest against the vehicle's registered ECU keys.
 
     Args:
         data: The manifest as the vehicle sent it.
         vin: The vehicle that checked in.
         ecu_keys: The public key of each registered ECU, by serial.
+        primary_report_covered: Skip the signature of the primary's own report, which the
+            manifest's signature (same key) covers; the result then says so, and
+            :func:`check_primary_report` must pass before it is stored.
 
     Raises:
         InvalidArgumentError: The manifest is too large or malformed.
@@ -94,7 +110,8 @@ def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> Ve
         envelope = json.loads(data)
         signed = envelope["signed"]
         primary = str(signed["primary_ecu_serial"])
-        reports = [_report(entry, ecu_keys) for entry in signed["ecu_version_reports"]]
+        skip = primary if primary_report_covered else None
+        reports = [_report(entry, ecu_keys, skip) for entry in signed["ecu_version_reports"]]
         manifest_vin = str(signed["vin"])
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidArgumentError(f"the version manifest is malformed: {error!r}") from error
@@ -108,7 +125,31 @@ def verify_manifest(data: bytes, *, vin: str, ecu_keys: Mapping[str, Key]) -> Ve
         raise InvalidArgumentError("the version manifest reports one ECU twice")
     if primary not in serials:
         raise InvalidArgumentError(f"the version manifest has no report of primary {primary}")
-    return VerifiedManifest(vin=vin, primary_ecu_serial=primary, reports=tuple(reports), data=data)
+    return VerifiedManifest(
+        vin=vin,
+        primary_ecu_serial=primary,
+        reports=tuple(reports),
+        data=data,
+        primary_report_checked=not primary_report_covered,
+    )
+
+
+def check_primary_report(
+    manifest: VerifiedManifest, ecu_keys: Mapping[str, Key]
+) -> VerifiedManifest:
+    """Completes a manifest verified with ``primary_report_covered``: the primary's report.
+
+    Raises:
+        PermissionDeniedError: The primary's report is not signed by the primary's key.
+    """
+    if manifest.primary_report_checked:
+        return manifest
+    primary = manifest.primary_ecu_serial
+    entries = json.loads(manifest.data)["signed"]["ecu_version_reports"]
+    for entry in entries:
+        if str(entry["signed"]["ecu_serial"]) == primary:
+            _check_signature(entry, ecu_keys, primary, f"the version report of ECU {primary}")
+    return replace(manifest, primary_report_checked=True)
 
 
 def check_fresh(manifest: VerifiedManifest, last: Freshness | None) -> Freshness:
@@ -184,7 +225,7 @@ def record_manifest(session: Session, manifest: VerifiedManifest, *, now: dateti
     return fresh
 
 
-def _report(entry: Any, ecu_keys: Mapping[str, Key]) -> EcuReport:
+def _report(entry: Any, ecu_keys: Mapping[str, Key], covered: str | None) -> EcuReport:
     signed = entry["signed"]
     serial = str(signed["ecu_serial"])
     if serial not in ecu_keys:
@@ -192,7 +233,8 @@ def _report(entry: Any, ecu_keys: Mapping[str, Key]) -> EcuReport:
             f"the version manifest reports ECU {serial!r}, which is not registered for the "
             f"vehicle (or has no key): refused; register the ECU with its key at provisioning"
         )
-    _check_signature(entry, ecu_keys, serial, f"the version report of ECU {serial}")
+    if serial != covered:
+        _check_signature(entry, ecu_keys, serial, f"the version report of ECU {serial}")
     image = signed["installed_image"]
     nonce = str(signed["nonce"])
     if _NONCE.fullmatch(nonce) is None:
