@@ -21,6 +21,7 @@ database part. Refusals are ``PermissionDeniedError`` (signature, unknown ECU, r
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Key, Signature
@@ -257,15 +260,48 @@ def _check_signature(envelope: Any, keys: Mapping[str, Key], serial: str, what: 
     key = keys.get(serial)
     if key is None:
         raise PermissionDeniedError(f"{what}: ECU {serial!r} has no registered key: refused")
-    encoded = encode_canonical(envelope["signed"])
-    payload = (encoded or "").encode()
     for raw in envelope.get("signatures", []):
         signature = Signature.from_dict(dict(raw))
         if signature.keyid != key.keyid:
             continue
-        try:
-            key.verify_signature(signature, payload)
-        except (UnverifiedSignatureError, VerificationError):
-            break
-        return
+        if _verifies(key, signature, envelope["signed"]):
+            return
+        break
     raise PermissionDeniedError(f"{what} is not signed by ECU {serial}'s registered key: refused")
+
+
+def _verifies(key: Key, signature: Signature, signed: Any) -> bool:
+    """Whether ``signature`` by ``key`` covers ``signed`` (its canonical JSON).
+
+    Every check-in comes here, so the common case is made cheap: ``json.dumps`` with sorted
+    keys and no spaces is byte for byte canonical JSON unless a string holds a control
+    character, and a signature that verifies over those bytes was made over exactly this
+    content; only when it does not is the slower canonical encoder asked. Ed25519 keys are
+    verified with libsodium, the others through securesystemslib.
+    """
+    quick = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if _verify(key, signature, quick.encode()):
+        return True
+    canonical = (encode_canonical(signed) or "").encode()
+    return canonical != quick.encode() and _verify(key, signature, canonical)
+
+
+def _verify(key: Key, signature: Signature, payload: bytes) -> bool:
+    if key.keytype == "ed25519" and key.scheme == "ed25519":
+        try:
+            _ed25519_key(str(key.keyval["public"])).verify(
+                payload, bytes.fromhex(signature.signature)
+            )
+        except (BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+    try:
+        key.verify_signature(signature, payload)
+    except (UnverifiedSignatureError, VerificationError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=65_536)
+def _ed25519_key(public_hex: str) -> VerifyKey:
+    return VerifyKey(bytes.fromhex(public_hex))

@@ -144,3 +144,22 @@ def test_an_ecu_key_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="cannot create"):
         EcuKey.generate(tmp_path / "gw.key")
     assert json.loads(key.public_key_json())["keyid"] == key.public_key.keyid
+
+
+def test_a_report_whose_canonical_form_differs_from_plain_json_still_verifies(
+    ecus: dict[str, EcuKey],
+) -> None:
+    """Control characters are escaped by json.dumps but not by canonical JSON: both agree."""
+    reports = [
+        sign_report(ecu_version_report(serial, "fw\t1.0\n", 1024, SHA), key)
+        for serial, key in ecus.items()
+    ]
+    data = vehicle_manifest(VIN, "gw-1", reports, ecus["gw-1"])
+    verified = verify_manifest(data, vin=VIN, ecu_keys=registered(ecus))
+    assert [r.image_name for r in verified.reports] == ["fw\t1.0\n", "fw\t1.0\n"]
+    envelope = json.loads(data)
+    envelope["signed"]["ecu_version_reports"][1]["signed"]["installed_image"]["filename"] = (
+        "fw\t1.1\n"
+    )
+    with pytest.raises(PermissionDeniedError, match="brk-2"):
+        verify_manifest(json.dumps(envelope).encode(), vin=VIN, ecu_keys=registered(ecus))
