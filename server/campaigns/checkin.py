@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, bindparam, or_, update
 from sqlalchemy import select as sql_select
-from sqlmodel import Session, SQLModel, col, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
 
 # Imported for their tables, which the prebuilt statements below name.
 from server.campaigns import models as _campaign_models  # noqa: F401
@@ -22,8 +23,9 @@ from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError, NotFoundError
 from server.fleet import models as _fleet_models  # noqa: F401
 from server.fleet.registry import EcuSpec
-from server.releases.catalog import load_bundle_images
-from server.releases.models import Image
+
+# Imported for their tables, which the prebuilt statements below name.
+from server.releases import models as _release_models  # noqa: F401
 from server.repository.director import Director, DirectorTarget, SignedDirectorMetadata
 from server.store import Database
 from server.validation import check_sha256, check_vin
@@ -82,6 +84,25 @@ _VEHICLES = SQLModel.metadata.tables["fleet_vehicle"]
 _ECUS = SQLModel.metadata.tables["fleet_ecu"]
 _ASSIGNMENTS = SQLModel.metadata.tables["campaign_assignment"]
 _CAMPAIGNS = SQLModel.metadata.tables["campaign"]
+_IMAGES = SQLModel.metadata.tables["release_image"]
+_BUNDLE_IMAGES = SQLModel.metadata.tables["release_bundle_image"]
+_IMAGE_COLUMNS = (
+    _IMAGES.c.target_name,
+    _IMAGES.c.sha256,
+    _IMAGES.c.length,
+    _IMAGES.c.hardware_id,
+)
+_LOAD_BUNDLE = (
+    sql_select(*_IMAGE_COLUMNS)
+    .select_from(
+        _IMAGES.join(_BUNDLE_IMAGES, _BUNDLE_IMAGES.c.target_name == _IMAGES.c.target_name)
+    )
+    .where(_BUNDLE_IMAGES.c.bundle_id == bindparam("bundle_id"))
+    .order_by(_IMAGES.c.target_name)
+)
+_LOAD_IMAGES = sql_select(*_IMAGE_COLUMNS).where(
+    _IMAGES.c.target_name.in_(bindparam("names", expanding=True))
+)
 _LOAD_VEHICLE = (
     sql_select(
         _VEHICLES.c.site,
@@ -124,7 +145,8 @@ _OPEN_ASSIGNMENT = (
         or_(
             and_(
                 _CAMPAIGNS.c.state == CampaignState.RUNNING,
-                _ASSIGNMENTS.c.state.in_(_OFFERABLE),
+                # Equalities, not IN: an IN list is rendered anew at every execution.
+                or_(*(_ASSIGNMENTS.c.state == state for state in _OFFERABLE)),
             ),
             and_(
                 _CAMPAIGNS.c.state == CampaignState.PAUSED,
@@ -229,13 +251,13 @@ _BUNDLES: weakref.WeakKeyDictionary[Engine, dict[int, tuple[_BundleImage, ...]]]
 _MAX_BUNDLES = 256  # per database
 
 
-def _bundle_images(session: Session, bundle_id: int) -> tuple[_BundleImage, ...]:
-    cache = _BUNDLES.setdefault(session.get_bind().engine, {})
+def _bundle_images(connection: Connection, bundle_id: int) -> tuple[_BundleImage, ...]:
+    cache = _BUNDLES.setdefault(connection.engine, {})
     images = cache.get(bundle_id)
     if images is None:
         images = tuple(
-            _BundleImage(i.target_name, i.sha256, i.length, i.hardware_id)
-            for i in load_bundle_images(session, bundle_id)
+            _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
+            for row in connection.execute(_LOAD_BUNDLE, {"bundle_id": bundle_id})
         )
         if len(cache) >= _MAX_BUNDLES:
             cache.clear()
@@ -243,21 +265,19 @@ def _bundle_images(session: Session, bundle_id: int) -> tuple[_BundleImage, ...]
     return images
 
 
-def _targets(session: Session, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
-    pairs: list[tuple[_BundleImage | Image, EcuSpec]]
+def _targets(connection: Connection, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
+    pairs: list[tuple[_BundleImage, EcuSpec]]
     if found.targets:
         wanted: dict[str, str] = json.loads(found.targets)
         images = {
-            i.target_name: i
-            for i in session.exec(
-                select(Image).where(col(Image.target_name).in_(wanted.values()))
-            ).all()
+            row.target_name: _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
+            for row in connection.execute(_LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
         }
         pairs = [(images[wanted[e.serial]], e) for e in ecus if wanted.get(e.serial) in images]
     else:
         pairs = [
             (image, ecu)
-            for image in _bundle_images(session, found.bundle_id)
+            for image in _bundle_images(connection, found.bundle_id)
             for ecu in ecus
             if ecu.hardware_id == image.hardware_id
         ]
@@ -332,14 +352,57 @@ def check_in(
     now = clock()
     # Read before the database is asked: a change committed later advances the epoch.
     epoch = quiet.epoch if quiet is not None else None
-    with database.session() as session:
-        connection = session.connection()
+    try:
+        answer = _check_in_once(
+            database, director, vin, ecus, now, write_last_seen=presence is None
+        )
+    except IntegrityError:
+        # Only on databases without INSERT ... ON CONFLICT: two first check-ins of one
+        # vehicle raced to insert its Director row; it exists now.
+        answer = _check_in_once(
+            database, director, vin, ecus, now, write_last_seen=presence is None
+        )
+    registered, changed, found, signed = answer
+    if presence is not None:
+        presence.mark(vin, now)
+    if changed and quiet is not None:
+        quiet.forget(vin)
+    if found is None or signed is None:
+        if found is None and quiet is not None and epoch is not None and not changed:
+            quiet.remember(vin, ecus, epoch)
+        return CheckInResult(next_poll_seconds=poll_seconds)
+    window = CampaignPlan.from_json(found.plan).window_for(registered.site)
+    return CheckInResult(
+        next_poll_seconds=poll_seconds,
+        assignment_id=str(found.assignment_id),
+        director=signed,
+        install_window=window.occurrence(now) if window is not None else None,
+    )
+
+
+def _check_in_once(
+    database: Database,
+    director: Director,
+    vin: str,
+    ecus: Sequence[EcuSpec],
+    now: datetime,
+    *,
+    write_last_seen: bool,
+) -> tuple[_Registered, bool, _Open | None, SignedDirectorMetadata | None]:
+    """One transaction: inventory, the open assignment (locked), its Director metadata.
+
+    The metadata is read (or signed and stored) while the assignment row is locked, so
+    the offer is consistent with the assignment when the transaction commits.
+    """
+    with database.engine.begin() as connection:
         registered, changed = _record_inventory(
-            connection, vin, ecus, now, write_last_seen=presence is None
+            connection, vin, ecus, now, write_last_seen=write_last_seen
         )
         found = _open_assignment(connection, vin)
-        targets = [] if found is None else _targets(session, found, registered.ecus)
-        if found is not None and not targets:
+        if found is None:
+            return registered, changed, None, None
+        targets = _targets(connection, found, registered.ecus)
+        if not targets:
             connection.execute(
                 update(_ASSIGNMENTS)
                 .where(_ASSIGNMENTS.c.id == found.assignment_id)
@@ -351,7 +414,8 @@ def check_in(
                     updated_at=now,
                 )
             )
-        elif found is not None and found.state == AssignmentState.PENDING:
+            return registered, changed, found, None
+        if found.state == AssignmentState.PENDING:
             connection.execute(
                 update(_ASSIGNMENTS)
                 .where(_ASSIGNMENTS.c.id == found.assignment_id)
@@ -365,19 +429,4 @@ def check_in(
                     updated_at=now,
                 )
             )
-    if presence is not None:
-        presence.mark(vin, now)
-    if changed and quiet is not None:
-        quiet.forget(vin)
-    if found is None or not targets:
-        if found is None and quiet is not None and epoch is not None and not changed:
-            quiet.remember(vin, ecus, epoch)
-        return CheckInResult(next_poll_seconds=poll_seconds)
-    window = CampaignPlan.from_json(found.plan).window_for(registered.site)
-    signed = director.sign_for_vehicle(vin, targets)
-    return CheckInResult(
-        next_poll_seconds=poll_seconds,
-        assignment_id=str(found.assignment_id),
-        director=signed,
-        install_window=window.occurrence(now) if window is not None else None,
-    )
+        return registered, changed, found, director.offer(connection, vin, targets)

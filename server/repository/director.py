@@ -12,23 +12,16 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import BindParameter, Connection, Insert, bindparam, insert, update
 from sqlalchemy import select as sql_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
-from tuf.api.metadata import (
-    Metadata,
-    MetaFile,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
+from sqlmodel import SQLModel
+from tuf.api.metadata import SPECIFICATION_VERSION, Metadata, Root
 
 from keys.keyset import KeySet
 from server.errors import InvalidArgumentError, RepositoryError
@@ -36,16 +29,15 @@ from server.repository.models import (
     DirectorVehicleState,
     RepoMetadata,
     latest_root_row,
-    lock_vehicle_row,
     metadata_row,
 )
-from server.repository.roots import add_root, first_root, trusted_root
+from server.repository.roots import add_root, first_root
 from server.repository.signing import (
     as_utc,
     check_root_keys,
     expires_after,
     parse,
-    sign,
+    sign_payload,
     utc_now,
     validate_image_target,
 )
@@ -68,6 +60,44 @@ _NEWEST_ROOT: Final = (
     .order_by(_METADATA.c.version.desc())
     .limit(1)
 )
+# Compare-and-set: a re-signing replaces only the state it read (a concurrent one, or a
+# new root clearing the digest, makes it read again instead of overwriting).
+_REPLACE_STATE: Final = (
+    update(_STATES)
+    .where(
+        _STATES.c.vin == bindparam("state_vin"),
+        _STATES.c.version == bindparam("read_version"),
+        _STATES.c.targets_digest == bindparam("read_digest"),
+    )
+    .values(
+        version=bindparam("new_version"),
+        targets_digest=bindparam("new_digest"),
+        timestamp=bindparam("new_timestamp"),
+        snapshot=bindparam("new_snapshot"),
+        targets=bindparam("new_targets"),
+        expires=bindparam("new_expires"),
+    )
+)
+_NEW_STATE: Final[dict[str, BindParameter[Any]]] = {
+    "vin": bindparam("state_vin"),
+    "version": bindparam("new_version"),
+    "targets_digest": bindparam("new_digest"),
+    "timestamp": bindparam("new_timestamp"),
+    "snapshot": bindparam("new_snapshot"),
+    "targets": bindparam("new_targets"),
+    "expires": bindparam("new_expires"),
+}
+# A first signing that loses the race to insert the row does nothing and reads it again.
+_INSERT_STATE: Final[dict[str, Insert]] = {
+    "postgresql": postgresql.insert(_STATES).values(_NEW_STATE).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(_STATES).values(_NEW_STATE).on_conflict_do_nothing(),
+}
+_INSERT_STATE_PLAIN: Final = insert(_STATES).values(_NEW_STATE)  # other databases: may raise
+# Rounds of read, sign, write before giving up; each lost round means another check-in
+# of the same vehicle stored its metadata, which the next read normally reuses.
+_ATTEMPTS: Final = 4
+_SPEC_VERSION: Final = ".".join(SPECIFICATION_VERSION)
+_EXPIRES_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
 _VIN: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _ECU_FIELD: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -173,114 +203,159 @@ class Director:
     def sign_for_vehicle(
         self, vin: str, targets: Sequence[DirectorTarget]
     ) -> SignedDirectorMetadata:
-        """The vehicle's Director metadata naming exactly ``targets``.
+        """The vehicle's Director metadata naming exactly ``targets``, in its own transaction.
 
-        Returns the stored metadata unchanged when the assignment is the same and it is
-        not about to expire; otherwise signs the next version in one transaction.
-
-        Args:
-            vin: The vehicle.
-            targets: One entry per ECU to update (empty: nothing to install).
+        See :meth:`offer`.
 
         Raises:
             InvalidArgumentError: A field is malformed, an ECU appears twice, or one
                 target name is given two different contents.
             RepositoryError: The Director keys cannot be loaded.
         """
+        try:
+            with self._database.engine.begin() as connection:
+                return self.offer(connection, vin, targets)
+        except IntegrityError:
+            # Only on databases without INSERT ... ON CONFLICT: two first check-ins of
+            # one vehicle raced to insert its row; it exists now.
+            with self._database.engine.begin() as connection:
+                return self.offer(connection, vin, targets)
+
+    def offer(
+        self, connection: Connection, vin: str, targets: Sequence[DirectorTarget]
+    ) -> SignedDirectorMetadata:
+        """The vehicle's Director metadata naming exactly ``targets``, inside ``connection``'s
+        transaction (a check-in's, so that polling costs one read and no transaction).
+
+        Returns the stored metadata unchanged when the assignment is the same and it is
+        not about to expire; otherwise signs the next version and stores it, unless a
+        concurrent signing for the vehicle stored one first (then that one is read).
+
+        Args:
+            connection: A connection inside a transaction, which the caller commits.
+            vin: The vehicle.
+            targets: One entry per ECU to update (empty: nothing to install).
+
+        Raises:
+            InvalidArgumentError: A field is malformed, an ECU appears twice, or one
+                target name is given two different contents.
+            RepositoryError: The Director keys cannot be loaded, the Director is not
+                initialized, or concurrent signings kept replacing the vehicle's metadata.
+        """
         if _VIN.fullmatch(vin) is None:
             raise InvalidArgumentError(f"invalid VIN {vin!r}: use [A-Za-z0-9_-], 1 to 32 chars")
-        assignment = _assignment(targets)
         digest = _digest(vin, targets)
-        # Polling vehicles come here at every check-in: one prebuilt read, no ORM.
-        with self._database.engine.connect() as connection:
+        assignment: dict[str, Any] | None = None
+        for _ in range(_ATTEMPTS):
             row = connection.execute(_READ_STATE, {"vin": vin}).first()
-        if row is not None and row.targets_digest == digest and self._fresh(row.expires):
-            return SignedDirectorMetadata(
-                timestamp=row.timestamp,
-                snapshot=row.snapshot,
-                targets=row.targets,
-                version=row.version,
-            )
-        try:
-            return self._resign(vin, assignment, digest)
-        except IntegrityError:
-            # Two first check-ins of one vehicle raced to insert its row; the row
-            # exists now, so the retry locks it.
-            return self._resign(vin, assignment, digest)
+            if row is not None and row.targets_digest == digest and self._fresh(row.expires):
+                # Stored metadata names these very targets, so they were checked when signed.
+                return SignedDirectorMetadata(
+                    timestamp=row.timestamp,
+                    snapshot=row.snapshot,
+                    targets=row.targets,
+                    version=row.version,
+                )
+            if assignment is None:
+                assignment = _assignment(targets)
+            read = None if row is None else (row.version, row.targets_digest)
+            signed = self._store(connection, vin, read, assignment, digest)
+            if signed is not None:
+                return signed
+        raise RepositoryError(
+            f"the Director metadata of {vin} was re-signed concurrently {_ATTEMPTS} times: "
+            f"let the vehicle check in again"
+        )
 
     def _fresh(self, expires: datetime) -> bool:
         return as_utc(expires) - self._clock() > self._renew_margin
 
-    def _reusable(self, state: DirectorVehicleState, digest: str) -> bool:
-        return state.targets_digest == digest and self._fresh(state.expires)
-
-    def _trusted_root(self, session: Session) -> Root:
+    def _trusted_root(self, connection: Connection) -> Root:
         """The newest Director root, parsed once per version (a root never changes)."""
-        row = session.connection().execute(_NEWEST_ROOT).first()
+        row = connection.execute(_NEWEST_ROOT).first()
         if row is None:
-            return trusted_root(session, REPO).signed  # raises: not initialized
+            raise RepositoryError(
+                f"the {REPO} repository is not initialized: start the server once (it creates "
+                f"the repository)"
+            )
         cached = self._root_cache
         if cached is None or cached[0] != row.version:
             cached = (row.version, Metadata[Root].from_bytes(row.data).signed)
             self._root_cache = cached
         return cached[1]
 
-    def _resign(
-        self, vin: str, assignment: dict[str, TargetFile], digest: str
-    ) -> SignedDirectorMetadata:
-        with self._database.session() as session:
-            lock_vehicle_row(session, vin)
-            state = session.get(DirectorVehicleState, vin)
-            if state is not None and self._reusable(state, digest):
-                return _signed(state)
-            version = 1 if state is None else state.version + 1
-            expires = expires_after(self._clock(), self._expiry)
-            root = self._trusted_root(session)
-            signed = self._sign(vin, assignment, version, expires, root)
-            session.merge(
-                DirectorVehicleState(
-                    vin=vin,
-                    version=version,
-                    targets_digest=digest,
-                    timestamp=signed.timestamp,
-                    snapshot=signed.snapshot,
-                    targets=signed.targets,
-                    expires=expires,
-                )
-            )
-            return signed
+    def _store(
+        self,
+        connection: Connection,
+        vin: str,
+        read: tuple[int, str] | None,
+        assignment: dict[str, Any],
+        digest: str,
+    ) -> SignedDirectorMetadata | None:
+        """Signs the version after ``read`` (version, digest) and stores it; None when
+        ``read`` is no longer the stored state."""
+        version = 1 if read is None else read[0] + 1
+        expires = expires_after(self._clock(), self._expiry)
+        # Read after the state: a root imported since clears the digest that the write
+        # below compares, so metadata signed under an older root is not stored.
+        root = self._trusted_root(connection)
+        signed = self._sign(vin, assignment, version, expires, root)
+        values = {
+            "state_vin": vin,
+            "new_version": version,
+            "new_digest": digest,
+            "new_timestamp": signed.timestamp,
+            "new_snapshot": signed.snapshot,
+            "new_targets": signed.targets,
+            "new_expires": expires,
+        }
+        if read is None:
+            statement = _INSERT_STATE.get(connection.dialect.name, _INSERT_STATE_PLAIN)
+            written = connection.execute(statement, values).rowcount
+        else:
+            values |= {"read_version": read[0], "read_digest": read[1]}
+            written = connection.execute(_REPLACE_STATE, values).rowcount
+        return signed if written == 1 else None
 
     def _sign(
         self,
         vin: str,
-        assignment: dict[str, TargetFile],
+        assignment: dict[str, Any],
         version: int,
         expires: datetime,
         root: Root,
     ) -> SignedDirectorMetadata:
-        targets = Targets(
-            version=version,
-            expires=expires,
-            targets=assignment,
-            unrecognized_fields={"custom": {"vin": vin}},
-        )
-        snapshot = Snapshot(
-            version=version, expires=expires, meta={"targets.json": MetaFile(version=version)}
-        )
-        timestamp = Timestamp(
-            version=version, expires=expires, snapshot_meta=MetaFile(version=version)
-        )
+        # The dict forms python-tuf's Targets, Snapshot and Timestamp serialize to, built
+        # directly: the objects cost more than the three signatures.
+        common = {
+            "spec_version": _SPEC_VERSION,
+            "version": version,
+            "expires": expires.strftime(_EXPIRES_FORMAT),
+        }
+        targets = {"_type": "targets", **common, "targets": assignment, "custom": {"vin": vin}}
+        snapshot = {"_type": "snapshot", **common, "meta": {"targets.json": {"version": version}}}
+        timestamp = {
+            "_type": "timestamp",
+            **common,
+            "meta": {"snapshot.json": {"version": version}},
+        }
         return SignedDirectorMetadata(
-            timestamp=sign(timestamp, self._keys, REPO, root),
-            snapshot=sign(snapshot, self._keys, REPO, root),
-            targets=sign(targets, self._keys, REPO, root),
+            timestamp=sign_payload(timestamp, self._keys, REPO, root),
+            snapshot=sign_payload(snapshot, self._keys, REPO, root),
+            targets=sign_payload(targets, self._keys, REPO, root),
             version=version,
         )
 
 
-def _assignment(targets: Sequence[DirectorTarget]) -> dict[str, TargetFile]:
-    """The Director targets of one vehicle: one entry per image, naming its ECUs."""
-    files: dict[str, TargetFile] = {}
+def _assignment(targets: Sequence[DirectorTarget]) -> dict[str, Any]:
+    """The Director targets of one vehicle (``Targets.targets`` in dict form): one entry
+    per image, naming its ECUs.
+
+    Raises:
+        InvalidArgumentError: A field is malformed, an ECU appears twice, or one target
+            name is given two different contents.
+    """
+    files: dict[str, Any] = {}
     seen_ecus: set[str] = set()
     for target in targets:
         validate_image_target(target.target_name, target.sha256, target.length)
@@ -300,33 +375,33 @@ def _assignment(targets: Sequence[DirectorTarget]) -> dict[str, TargetFile]:
         seen_ecus.add(target.ecu_serial)
         existing = files.get(target.target_name)
         if existing is None:
-            existing = TargetFile(
-                length=target.length,
-                hashes={"sha256": target.sha256},
-                path=target.target_name,
-                unrecognized_fields={"custom": {"ecus": {}}},
-            )
+            existing = {
+                "length": target.length,
+                "hashes": {"sha256": target.sha256},
+                "custom": {"ecus": {}},
+            }
             files[target.target_name] = existing
-        elif existing.length != target.length or existing.hashes["sha256"] != target.sha256:
+        elif existing["length"] != target.length or existing["hashes"]["sha256"] != target.sha256:
             raise InvalidArgumentError(
                 f"target {target.target_name} is given two different contents: one name "
                 f"must always mean the same image"
             )
-        existing.custom["ecus"][target.ecu_serial] = {"hardware_id": target.hardware_id}
+        existing["custom"]["ecus"][target.ecu_serial] = {"hardware_id": target.hardware_id}
     return files
 
 
 def _digest(vin: str, targets: Sequence[DirectorTarget]) -> str:
     """SHA-256 of the assignment, independent of the order of ``targets``."""
-    entries = sorted((asdict(target) for target in targets), key=lambda e: e["ecu_serial"])
+    # The JSON of dataclasses.asdict(target) for each, built directly (it is much slower).
+    entries = [
+        {
+            "target_name": t.target_name,
+            "sha256": t.sha256,
+            "length": t.length,
+            "ecu_serial": t.ecu_serial,
+            "hardware_id": t.hardware_id,
+        }
+        for t in sorted(targets, key=lambda t: t.ecu_serial)
+    ]
     canonical = json.dumps({"vin": vin, "targets": entries}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _signed(state: DirectorVehicleState) -> SignedDirectorMetadata:
-    return SignedDirectorMetadata(
-        timestamp=state.timestamp,
-        snapshot=state.snapshot,
-        targets=state.targets,
-        version=state.version,
-    )

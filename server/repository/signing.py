@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Signer
 from tuf.api.metadata import (
     Metadata,
     Root,
@@ -112,6 +115,14 @@ def sign_with(
             private key cannot be loaded.
     """
     metadata: Metadata[Any] = Metadata(signed)
+    for signer in _online_signers(keys, keyids, threshold, label):
+        metadata.sign(signer, append=True)
+    return metadata.to_bytes(_SERIALIZER)
+
+
+def _online_signers(
+    keys: KeySet, keyids: Iterable[str], threshold: int, label: str
+) -> list[Signer]:
     try:
         signers = [s for keyid in keyids if (s := keys.signer_for(keyid)) is not None]
     except KeyToolError as error:
@@ -122,9 +133,31 @@ def sign_with(
             f"{keys.directory} holds {len(signers)} of its trusted keys online; sign it in "
             f"the offline ceremony (`staffel keys targets export`) or add the keys"
         )
-    for signer in signers:
-        metadata.sign(signer, append=True)
-    return metadata.to_bytes(_SERIALIZER)
+    return signers
+
+
+def sign_payload(signed: dict[str, Any], keys: KeySet, repo: str, root: Root) -> bytes:
+    """Signs the dict form of a top-level role (``Signed.to_dict()``) and serializes it.
+
+    The bytes are those ``sign`` makes of the same role: the signatures cover its
+    canonical JSON and the file is compact JSON with sorted keys. For callers that sign
+    often and can build the dict more cheaply than python-tuf's objects.
+
+    Raises:
+        RepositoryError: Too few of the role's keys are online or loadable.
+    """
+    role = str(signed["_type"])
+    trusted = root.roles[role]
+    label = f"{repo} {role}"
+    with timed_signing(repo, role):
+        signers = _online_signers(keys, trusted.keyids, trusted.threshold, label)
+        canonical = encode_canonical(signed)
+        if canonical is None:  # only with an output function, which is not given
+            raise RepositoryError(f"cannot sign {label}: canonical JSON failed")
+        payload = canonical.encode()
+        signatures = [signer.sign(payload).to_dict() for signer in signers]
+        envelope = {"signatures": signatures, "signed": signed}
+        return json.dumps(envelope, separators=(",", ":"), sort_keys=True).encode()
 
 
 def sign(signed: SignedT, keys: KeySet, repo: str, root: Root | None = None) -> bytes:
