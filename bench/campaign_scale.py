@@ -1,6 +1,7 @@
 """Campaign scale: 100,000 vehicles through a 4-wave campaign, on SQLite and on PostgreSQL.
 
     python bench/campaign_scale.py [--small] [--vehicles N] [--postgres-admin URL] [--sign]
+                                    [--backend both|sqlite|postgresql]
 
 For each database (SQLite in a temporary folder; a scratch PostgreSQL database created on
 ``--postgres-admin`` and dropped afterwards, skipped when PostgreSQL is not reachable):
@@ -302,7 +303,7 @@ def scratch_postgres(admin_url: str) -> Iterator[str | None]:
 
 
 def main() -> int:
-    """Runs the campaign on SQLite, then on PostgreSQL."""
+    """Runs the campaign on SQLite, then on PostgreSQL (or on one, with --backend)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="5,000 vehicles")
     parser.add_argument("--vehicles", type=int, help="fleet size (default 100,000)")
@@ -312,6 +313,10 @@ def main() -> int:
         help="where to create the scratch database (trust auth)",
     )  # fmt: skip
     parser.add_argument("--sign", action="store_true", help="sign Director metadata for real")
+    parser.add_argument(
+        "--backend", choices=("both", "sqlite", "postgresql"), default="both",
+        help="which database(s) to run the campaign on",
+    )  # fmt: skip
     args = parser.parse_args()
     size = args.vehicles or (5_000 if args.small else 100_000)
     print(
@@ -324,10 +329,14 @@ def main() -> int:
             from keys.keyset import init_keyset  # noqa: PLC0415 - only with --sign
 
             init_keyset(root / "keys")
-        sqlite = run_backend(
-            "SQLite", f"sqlite:///{root / 'staffel.db'}", size, sign=args.sign, keys=root / "keys"
-        )
-        print_report(sqlite, size)
+        if args.backend in ("both", "sqlite"):
+            sqlite = run_backend(
+                "SQLite", f"sqlite:///{root / 'staffel.db'}", size, sign=args.sign,
+                keys=root / "keys",
+            )  # fmt: skip
+            print_report(sqlite, size)
+        if args.backend == "sqlite":
+            return 0
         with scratch_postgres(args.postgres_admin) as url:
             if url is not None:
                 pg = run_backend("PostgreSQL", url, size, sign=args.sign, keys=root / "keys")

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from debian_tools import debian_tool  # bench/, the script's own folder
 
 NGINX_CONF = """
 daemon off;
@@ -73,17 +74,7 @@ def free_port() -> int:
 
 def find_nginx() -> str:
     """Debian's nginx binary, installed with apt-get when it is missing."""
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    print("nginx is absent: apt-get install -y nginx-light", flush=True)
-    for package in ("nginx-light", "nginx"):
-        done = subprocess.run(
-            ["apt-get", "install", "-y", package], capture_output=True, check=False
-        )
-        if done.returncode == 0 and Path("/usr/sbin/nginx").exists():
-            return "/usr/sbin/nginx"
-    sys.exit("cannot install nginx (run as root, or apt-get install -y nginx-light first)")
+    return debian_tool("nginx", ("nginx-light", "nginx"))
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
