@@ -10,7 +10,7 @@ import grpc
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
-from server.campaigns.checkin import check_in, check_in_quietly
+from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
@@ -107,19 +107,23 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 clock=self._clock,
             )
         if result is None:
-            await asyncio.to_thread(self._manifests.record, manifest)
-            result = await asyncio.to_thread(
-                check_in,
-                self._database,
-                self._director,
-                vin=request.vin,
-                ecus=ecus,
-                nonce=request.nonce,
-                poll_seconds=self._poll_seconds,
-                clock=self._clock,
-                presence=self._presence,
-                quiet=self._quiet,
-            )
+
+            def record_and_check_in() -> CheckInResult:
+                # One worker-thread hop: the manifest is stored before the Director is asked.
+                self._manifests.record(manifest)
+                return check_in(
+                    self._database,
+                    self._director,
+                    vin=request.vin,
+                    ecus=ecus,
+                    nonce=request.nonce,
+                    poll_seconds=self._poll_seconds,
+                    clock=self._clock,
+                    presence=self._presence,
+                    quiet=self._quiet,
+                )
+
+            result = await asyncio.to_thread(record_and_check_in)
         if result.director is None:
             self._metrics.checkins.labels("nothing_to_do").inc()
             return vehicle_pb2.CheckInResponse(
