@@ -160,6 +160,30 @@ _OPEN_ASSIGNMENT = (
 )
 
 
+_FAIL_UNMATCHED = (
+    update(_ASSIGNMENTS)
+    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
+    .values(
+        state=AssignmentState.FAILED,
+        failure_type="install",
+        reported_at=bindparam("now"),
+        last_event="failed: no ECU of the vehicle matches the bundle's hardware ids",
+        updated_at=bindparam("now"),
+    )
+)
+_TAKE = (
+    update(_ASSIGNMENTS)
+    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
+    .values(
+        state=AssignmentState.IN_PROGRESS,
+        offered_at=bindparam("now"),
+        previous=bindparam("previous_images"),
+        last_event="offered",
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _load_registered(connection: Connection, vin: str) -> _Registered:
     rows = connection.execute(_LOAD_VEHICLE, {"vin": vin}).all()
     if not rows:
@@ -403,30 +427,16 @@ def _check_in_once(
             return registered, changed, None, None
         targets = _targets(connection, found, registered.ecus)
         if not targets:
-            connection.execute(
-                update(_ASSIGNMENTS)
-                .where(_ASSIGNMENTS.c.id == found.assignment_id)
-                .values(
-                    state=AssignmentState.FAILED,
-                    failure_type="install",
-                    reported_at=now,
-                    last_event="failed: no ECU of the vehicle matches the bundle's hardware ids",
-                    updated_at=now,
-                )
-            )
+            connection.execute(_FAIL_UNMATCHED, {"assignment_id": found.assignment_id, "now": now})
             return registered, changed, found, None
         if found.state == AssignmentState.PENDING:
+            previous = {e.serial: e.installed_sha256 for e in registered.ecus}
             connection.execute(
-                update(_ASSIGNMENTS)
-                .where(_ASSIGNMENTS.c.id == found.assignment_id)
-                .values(
-                    state=AssignmentState.IN_PROGRESS,
-                    offered_at=now,
-                    previous=json.dumps(
-                        {e.serial: e.installed_sha256 for e in registered.ecus}, sort_keys=True
-                    ),
-                    last_event="offered",
-                    updated_at=now,
-                )
+                _TAKE,
+                {
+                    "assignment_id": found.assignment_id,
+                    "now": now,
+                    "previous_images": json.dumps(previous, sort_keys=True),
+                },
             )
         return registered, changed, found, director.offer(connection, vin, targets)
