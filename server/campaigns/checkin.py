@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
 from collections.abc import Sequence
@@ -26,7 +27,15 @@ from server.fleet.registry import EcuSpec
 
 # Imported for their tables, which the prebuilt statements below name.
 from server.releases import models as _release_models  # noqa: F401
-from server.repository.director import Director, DirectorTarget, SignedDirectorMetadata
+from server.repository.director import (
+    STATE_COLUMNS,
+    STATE_TABLE,
+    Director,
+    DirectorTarget,
+    SignedDirectorMetadata,
+    StoredState,
+    stored_state,
+)
 from server.store import Database
 from server.validation import check_sha256, check_vin
 
@@ -76,6 +85,7 @@ class _Open:
     targets: str
     bundle_id: int
     plan: str
+    director: StoredState | None
 
 
 # Prebuilt Core statements: the check-in runs thousands of times a second, and building an
@@ -138,8 +148,14 @@ _OPEN_ASSIGNMENT = (
         _ASSIGNMENTS.c.targets,
         _CAMPAIGNS.c.bundle_id,
         _CAMPAIGNS.c.plan,
+        # The Director's state of the vehicle, read here to save a round trip.
+        *STATE_COLUMNS,
     )
-    .select_from(_ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
+    .select_from(
+        _ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id).outerjoin(
+            STATE_TABLE, STATE_TABLE.c.vin == _ASSIGNMENTS.c.vin
+        )
+    )
     .where(_ASSIGNMENTS.c.vin == bindparam("vin"))
     .where(
         or_(
@@ -256,6 +272,7 @@ def _open_assignment(connection: Connection, vin: str) -> _Open | None:
         targets=row.targets,
         bundle_id=row.bundle_id,
         plan=row.plan,
+        director=stored_state(row),
     )
 
 
@@ -315,6 +332,12 @@ def _targets(connection: Connection, found: _Open, ecus: Sequence[EcuSpec]) -> l
         )
         for image, ecu in pairs
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(text: str) -> CampaignPlan:
+    """A stored plan, parsed once per process and text (plans are immutable values)."""
+    return CampaignPlan.from_json(text)
 
 
 def check_in_quietly(
@@ -395,7 +418,7 @@ def check_in(
         if found is None and quiet is not None and epoch is not None and not changed:
             quiet.remember(vin, ecus, epoch)
         return CheckInResult(next_poll_seconds=poll_seconds)
-    window = CampaignPlan.from_json(found.plan).window_for(registered.site)
+    window = _plan(found.plan).window_for(registered.site)
     return CheckInResult(
         next_poll_seconds=poll_seconds,
         assignment_id=str(found.assignment_id),
@@ -439,4 +462,5 @@ def _check_in_once(
                     "previous_images": json.dumps(previous, sort_keys=True),
                 },
             )
-        return registered, changed, found, director.offer(connection, vin, targets)
+        signed = director.offer(connection, vin, targets, stored=found.director)
+        return registered, changed, found, signed

@@ -8,6 +8,7 @@ bytes are returned without a database write, so that polling costs no signatures
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -16,7 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import BindParameter, Connection, Insert, bindparam, insert, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Insert,
+    Label,
+    bindparam,
+    insert,
+    update,
+)
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -46,14 +55,18 @@ from server.store import Database
 REPO: Final = "director"
 _STATES: Final = SQLModel.metadata.tables["repo_director_vehicle"]
 _METADATA: Final = SQLModel.metadata.tables["repo_metadata"]
-_READ_STATE: Final = sql_select(
-    _STATES.c.version,
-    _STATES.c.targets_digest,
-    _STATES.c.timestamp,
-    _STATES.c.snapshot,
-    _STATES.c.targets,
-    _STATES.c.expires,
-).where(_STATES.c.vin == bindparam("vin"))
+# What a vehicle's stored state is read as; a check-in selects these columns, outer-joined
+# on the VIN, with its assignment (see ``stored_state``), to save a round trip.
+STATE_TABLE: Final = _STATES
+STATE_COLUMNS: Final[tuple[Label[Any], ...]] = (
+    _STATES.c.version.label("director_version"),
+    _STATES.c.targets_digest.label("director_digest"),
+    _STATES.c.timestamp.label("director_timestamp"),
+    _STATES.c.snapshot.label("director_snapshot"),
+    _STATES.c.targets.label("director_targets"),
+    _STATES.c.expires.label("director_expires"),
+)
+_READ_STATE: Final = sql_select(*STATE_COLUMNS).where(_STATES.c.vin == bindparam("vin"))
 _NEWEST_ROOT: Final = (
     sql_select(_METADATA.c.version, _METADATA.c.data)
     .where(_METADATA.c.repo == REPO, _METADATA.c.filename.endswith(".root.json"))
@@ -121,6 +134,38 @@ class SignedDirectorMetadata:
     snapshot: bytes
     targets: bytes
     version: int
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A vehicle's stored Director metadata with what decides whether it is reused."""
+
+    digest: str
+    expires: datetime
+    metadata: SignedDirectorMetadata
+
+
+def stored_state(row: Any) -> StoredState | None:
+    """The state in a row that selected ``STATE_COLUMNS``; None when the vehicle has none
+    (no row, or NULLs from an outer join)."""
+    if row is None or row.director_version is None:
+        return None
+    return StoredState(
+        digest=row.director_digest,
+        expires=row.director_expires,
+        metadata=SignedDirectorMetadata(
+            timestamp=row.director_timestamp,
+            snapshot=row.director_snapshot,
+            targets=row.director_targets,
+            version=row.director_version,
+        ),
+    )
+
+
+class Unread(enum.Enum):
+    """Marks a stored state that the caller did not read."""
+
+    UNREAD = enum.auto()
 
 
 class Director:
@@ -222,7 +267,12 @@ class Director:
                 return self.offer(connection, vin, targets)
 
     def offer(
-        self, connection: Connection, vin: str, targets: Sequence[DirectorTarget]
+        self,
+        connection: Connection,
+        vin: str,
+        targets: Sequence[DirectorTarget],
+        *,
+        stored: StoredState | Unread | None = Unread.UNREAD,
     ) -> SignedDirectorMetadata:
         """The vehicle's Director metadata naming exactly ``targets``, inside ``connection``'s
         transaction (a check-in's, so that polling costs one read and no transaction).
@@ -235,6 +285,9 @@ class Director:
             connection: A connection inside a transaction, which the caller commits.
             vin: The vehicle.
             targets: One entry per ECU to update (empty: nothing to install).
+            stored: The vehicle's state as the caller read it in this transaction
+                (``stored_state``); read here when not given. A stale one costs a
+                signature, never a wrong answer: the write compares what was read.
 
         Raises:
             InvalidArgumentError: A field is malformed, an ECU appears twice, or one
@@ -247,21 +300,18 @@ class Director:
         digest = _digest(vin, targets)
         assignment: dict[str, Any] | None = None
         for _ in range(_ATTEMPTS):
-            row = connection.execute(_READ_STATE, {"vin": vin}).first()
-            if row is not None and row.targets_digest == digest and self._fresh(row.expires):
+            if stored is Unread.UNREAD:
+                stored = stored_state(connection.execute(_READ_STATE, {"vin": vin}).first())
+            if stored is not None and stored.digest == digest and self._fresh(stored.expires):
                 # Stored metadata names these very targets, so they were checked when signed.
-                return SignedDirectorMetadata(
-                    timestamp=row.timestamp,
-                    snapshot=row.snapshot,
-                    targets=row.targets,
-                    version=row.version,
-                )
+                return stored.metadata
             if assignment is None:
                 assignment = _assignment(targets)
-            read = None if row is None else (row.version, row.targets_digest)
+            read = None if stored is None else (stored.metadata.version, stored.digest)
             signed = self._store(connection, vin, read, assignment, digest)
             if signed is not None:
                 return signed
+            stored = Unread.UNREAD
         raise RepositoryError(
             f"the Director metadata of {vin} was re-signed concurrently {_ATTEMPTS} times: "
             f"let the vehicle check in again"
