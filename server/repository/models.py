@@ -71,16 +71,6 @@ def lock_metadata_row(session: Session, repo: str, filename: str) -> bool:
     return session.exec(statement).rowcount == 1
 
 
-def lock_vehicle_row(session: Session, vin: str) -> None:
-    """Locks the Director state of ``vin`` as ``lock_metadata_row`` locks a metadata row."""
-    statement = (
-        update(DirectorVehicleState)
-        .where(col(DirectorVehicleState.vin) == vin)
-        .values(version=DirectorVehicleState.version)
-    )
-    session.exec(statement)
-
-
 class VehicleInventory(SQLModel, table=True):
     """The last verified vehicle version manifest: the vehicle's software inventory.
 
