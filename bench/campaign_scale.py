@@ -105,6 +105,13 @@ class StubDirector:
         del vin, targets
         return SignedDirectorMetadata(timestamp=b"{}", snapshot=b"{}", targets=b"{}", version=1)
 
+    def offer(
+        self, connection: Any, vin: str, targets: Sequence[DirectorTarget], **_: Any
+    ) -> SignedDirectorMetadata:
+        """The same constant metadata, inside the check-in's transaction (no row written)."""
+        del connection
+        return self.sign_for_vehicle(vin, targets)
+
 
 @dataclass
 class Writes:
