@@ -20,6 +20,7 @@ from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
 from server.repository.director import Director
 from server.repository.manifest_gate import ManifestGate
+from server.repository.manifests import VerifiedManifest
 from server.store import Database
 
 
@@ -90,11 +91,14 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
         ]
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
+        if not likely_quiet and self._manifests.needs_read(request.vin):
+            # A vehicle new to this process: admitted in the check-in's own thread hop.
+            return self._answer(await asyncio.to_thread(self._admit_and_check_in, request, ecus))
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(
             request.vin, request.manifest, ecus, quiet=likely_quiet
         )
-        result = None
+        result: CheckInResult | None = None
         if likely_quiet and self._quiet is not None and self._presence is not None:
             # Most check-ins: answered from memory on the event loop, no thread, no SQL.
             result = check_in_quietly(
@@ -107,23 +111,38 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 clock=self._clock,
             )
         if result is None:
+            # One worker-thread hop: the manifest is stored before the Director is asked.
+            result = await asyncio.to_thread(self._record_and_check_in, request, ecus, manifest)
+        return self._answer(result)
 
-            def record_and_check_in() -> CheckInResult:
-                # One worker-thread hop: the manifest is stored before the Director is asked.
-                self._manifests.record(manifest)
-                return check_in(
-                    self._database,
-                    self._director,
-                    vin=request.vin,
-                    ecus=ecus,
-                    nonce=request.nonce,
-                    poll_seconds=self._poll_seconds,
-                    clock=self._clock,
-                    presence=self._presence,
-                    quiet=self._quiet,
-                )
+    def _admit_and_check_in(
+        self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
+    ) -> CheckInResult:
+        """Admits the manifest, stores it and checks in: blocking, for a worker thread."""
+        manifest = self._manifests.admit_blocking(request.vin, request.manifest, ecus)
+        return self._record_and_check_in(request, ecus, manifest)
 
-            result = await asyncio.to_thread(record_and_check_in)
+    def _record_and_check_in(
+        self,
+        request: vehicle_pb2.CheckInRequest,
+        ecus: list[EcuSpec],
+        manifest: VerifiedManifest | None,
+    ) -> CheckInResult:
+        """Stores the admitted manifest, then checks in: blocking, for a worker thread."""
+        self._manifests.record(manifest)
+        return check_in(
+            self._database,
+            self._director,
+            vin=request.vin,
+            ecus=ecus,
+            nonce=request.nonce,
+            poll_seconds=self._poll_seconds,
+            clock=self._clock,
+            presence=self._presence,
+            quiet=self._quiet,
+        )
+
+    def _answer(self, result: CheckInResult) -> vehicle_pb2.CheckInResponse:
         if result.director is None:
             self._metrics.checkins.labels("nothing_to_do").inc()
             return vehicle_pb2.CheckInResponse(

@@ -31,12 +31,15 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from securesystemslib.signer import Key
-from sqlmodel import select
+from sqlalchemy import bindparam
+from sqlalchemy import select as sql_select
+from sqlmodel import SQLModel
 
 from server.clock import Clock, system_clock
 from server.errors import InvalidArgumentError, PermissionDeniedError
-from server.fleet.models import Ecu
+from server.fleet import models as _fleet_models  # noqa: F401 - its tables, named below
 from server.fleet.registry import EcuSpec, ecu_public_key
+from server.repository import models as _repository_models  # noqa: F401 - likewise
 from server.repository.manifests import (
     Freshness,
     VerifiedManifest,
@@ -46,13 +49,22 @@ from server.repository.manifests import (
     stored_freshness,
     verify_manifest,
 )
-from server.repository.models import VehicleInventory
 from server.store import Database
 
 MAX_CACHED_VEHICLES: Final = 200_000  # entries (~1 KiB each); cleared when full
 # A vehicle found without keys is asked of the database again after this long, so one
 # provisioned meanwhile (elsewhere) is held to its manifest.
 KEYLESS_RECHECK_SECONDS: Final = 10.0  # seconds
+
+
+_ECUS: Final = SQLModel.metadata.tables["fleet_ecu"]
+_INVENTORIES: Final = SQLModel.metadata.tables["repo_vehicle_inventory"]
+_KEYS: Final = sql_select(_ECUS.c.serial, _ECUS.c.public_key).where(
+    _ECUS.c.vin == bindparam("vin"), _ECUS.c.public_key != ""
+)
+_FRESHNESS: Final = sql_select(_INVENTORIES.c.latest_time, _INVENTORIES.c.nonces).where(
+    _INVENTORIES.c.vin == bindparam("vin")
+)
 
 
 @dataclass(frozen=True)
@@ -115,9 +127,35 @@ class ManifestGate:
                 an unknown ECU, or a replay (a nonce seen before, an older report).
             InvalidArgumentError: A malformed manifest, or one that disagrees with ``ecus``.
         """
+        known = self._current(vin)
+        if known is None:
+            known = await asyncio.to_thread(self._load, vin)
+        return self._admit(vin, known, data, ecus, quiet=quiet)
+
+    def admit_blocking(
+        self, vin: str, data: bytes, ecus: Sequence[EcuSpec], *, quiet: bool = False
+    ) -> VerifiedManifest | None:
+        """:meth:`admit` for a worker thread: reads the database itself when it must.
+
+        A check-in of a vehicle the gate does not hold yet (see :meth:`needs_read`) admits
+        it here, in the same worker-thread hop as the check-in's transaction.
+        """
+        known = self._current(vin) or self._load(vin)
+        return self._admit(vin, known, data, ecus, quiet=quiet)
+
+    def needs_read(self, vin: str) -> bool:
+        """Whether admitting ``vin`` now would read the database."""
+        return self._current(vin) is None
+
+    def _current(self, vin: str) -> _Known | None:
         known = self._vehicles.get(vin)
         if known is None or (not known.keys and not self._still_keyless(known)):
-            known = await asyncio.to_thread(self._load, vin)
+            return None
+        return known
+
+    def _admit(
+        self, vin: str, known: _Known, data: bytes, ecus: Sequence[EcuSpec], *, quiet: bool
+    ) -> VerifiedManifest | None:
         if not known.keys:
             return None
         if not data:
@@ -160,12 +198,11 @@ class ManifestGate:
 
     def _load(self, vin: str) -> _Known:
         epoch = self._offer_epoch()  # before the read: a later key moves it
-        with self._database.session() as session:
-            rows = session.exec(
-                select(Ecu.serial, Ecu.public_key).where(Ecu.vin == vin, Ecu.public_key != "")
-            ).all()
-            inventory = session.get(VehicleInventory, vin)
-            freshness = stored_freshness(inventory)
+        # Prebuilt Core reads: a vehicle's first check-in per process comes here.
+        with self._database.engine.connect() as connection:
+            rows = connection.execute(_KEYS, {"vin": vin}).all()
+            inventory = connection.execute(_FRESHNESS, {"vin": vin}).first()
+        freshness = stored_freshness(inventory)
         keys = {serial: ecu_public_key(serial, text) for serial, text in rows}
         known = _Known(keys=keys, freshness=freshness, loaded_at=time.monotonic(), epoch=epoch)
         with self._lock:

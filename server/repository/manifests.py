@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
@@ -186,7 +186,17 @@ def check_fresh(manifest: VerifiedManifest, last: Freshness | None) -> Freshness
     return Freshness(latest_time=manifest.latest_time, nonces=kept[-RECENT_NONCES:])
 
 
-def stored_freshness(row: VehicleInventory | None) -> Freshness | None:
+class StoredInventory(Protocol):
+    """What freshness needs of an inventory row (the model, or a row of its columns)."""
+
+    @property
+    def latest_time(self) -> datetime: ...
+
+    @property
+    def nonces(self) -> str: ...
+
+
+def stored_freshness(row: StoredInventory | None) -> Freshness | None:
     """The freshness an inventory row holds (None: no manifest accepted yet)."""
     if row is None:
         return None
