@@ -101,9 +101,16 @@ _NEW_STATE: Final[dict[str, BindParameter[Any]]] = {
     "expires": bindparam("new_expires"),
 }
 # A first signing that loses the race to insert the row does nothing and reads it again.
+# RETURNING tells whether the row was inserted: psycopg reports no rowcount for an INSERT.
 _INSERT_STATE: Final[dict[str, Insert]] = {
-    "postgresql": postgresql.insert(_STATES).values(_NEW_STATE).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(_STATES).values(_NEW_STATE).on_conflict_do_nothing(),
+    "postgresql": postgresql.insert(_STATES)
+    .values(_NEW_STATE)
+    .on_conflict_do_nothing()
+    .returning(_STATES.c.version),
+    "sqlite": sqlite.insert(_STATES)
+    .values(_NEW_STATE)
+    .on_conflict_do_nothing()
+    .returning(_STATES.c.version),
 }
 _INSERT_STATE_PLAIN: Final = insert(_STATES).values(_NEW_STATE)  # other databases: may raise
 # Rounds of read, sign, write before giving up; each lost round means another check-in
@@ -160,6 +167,17 @@ def stored_state(row: Any) -> StoredState | None:
             version=row.director_version,
         ),
     )
+
+
+@dataclass(frozen=True)
+class SignedState:
+    """A vehicle's metadata signed but not yet stored (see :meth:`Director.store_signed`)."""
+
+    vin: str
+    read: tuple[int, str] | None  # (version, digest) it replaces; None: the first one
+    digest: str
+    expires: datetime
+    metadata: SignedDirectorMetadata
 
 
 class Unread(enum.Enum):
@@ -302,26 +320,60 @@ class Director:
         for _ in range(_ATTEMPTS):
             if stored is Unread.UNREAD:
                 stored = stored_state(connection.execute(_READ_STATE, {"vin": vin}).first())
-            if stored is not None and stored.digest == digest and self._fresh(stored.expires):
+            if stored is not None and stored.digest == digest and self.fresh(stored.expires):
                 # Stored metadata names these very targets, so they were checked when signed.
                 return stored.metadata
             if assignment is None:
                 assignment = _assignment(targets)
             read = None if stored is None else (stored.metadata.version, stored.digest)
-            signed = self._store(connection, vin, read, assignment, digest)
-            if signed is not None:
-                return signed
+            # Read after the state: a root imported since clears the digest that the
+            # write compares, so metadata signed under an older root is not stored.
+            root = self.trusted_root(connection)
+            state = self._sign_state(vin, read, assignment, digest, root)
+            if self.store_signed(connection, state):
+                return state.metadata
             stored = Unread.UNREAD
         raise RepositoryError(
             f"the Director metadata of {vin} was re-signed concurrently {_ATTEMPTS} times: "
             f"let the vehicle check in again"
         )
 
-    def _fresh(self, expires: datetime) -> bool:
+    def fresh(self, expires: datetime) -> bool:
+        """True while metadata expiring at ``expires`` is reused rather than re-signed."""
         return as_utc(expires) - self._clock() > self._renew_margin
 
-    def _trusted_root(self, connection: Connection) -> Root:
-        """The newest Director root, parsed once per version (a root never changes)."""
+    def sign_ahead(
+        self,
+        vin: str,
+        targets: Sequence[DirectorTarget],
+        stored: StoredState | None,
+        root: Root,
+    ) -> SignedState | None:
+        """Signs what :meth:`offer` would sign for ``targets`` after reading ``stored``,
+        without storing it; None when :meth:`offer` would return ``stored`` unchanged.
+
+        ``root`` comes from :meth:`trusted_root`, read after ``stored`` so that a root
+        imported in between makes :meth:`store_signed` refuse the result.
+
+        Raises:
+            InvalidArgumentError: A field is malformed, an ECU appears twice, or one
+                target name is given two different contents.
+            RepositoryError: The Director keys cannot be loaded.
+        """
+        if _VIN.fullmatch(vin) is None:
+            raise InvalidArgumentError(f"invalid VIN {vin!r}: use [A-Za-z0-9_-], 1 to 32 chars")
+        digest = _digest(vin, targets)
+        if stored is not None and stored.digest == digest and self.fresh(stored.expires):
+            return None
+        read = None if stored is None else (stored.metadata.version, stored.digest)
+        return self._sign_state(vin, read, _assignment(targets), digest, root)
+
+    def trusted_root(self, connection: Connection) -> Root:
+        """The newest Director root, parsed once per version (a root never changes).
+
+        Raises:
+            RepositoryError: The Director is not initialized.
+        """
         row = connection.execute(_NEWEST_ROOT).first()
         if row is None:
             raise RepositoryError(
@@ -334,38 +386,47 @@ class Director:
             self._root_cache = cached
         return cached[1]
 
-    def _store(
+    def store_signed(self, connection: Connection, state: SignedState) -> bool:
+        """Stores ``state`` inside ``connection``'s transaction if the vehicle's stored
+        state is still the one it was signed after (compare-and-set); False otherwise.
+
+        Raises:
+            IntegrityError: Only on databases without INSERT ... ON CONFLICT, when another
+                first signing of the vehicle inserted its row first.
+        """
+        values = {
+            "state_vin": state.vin,
+            "new_version": state.metadata.version,
+            "new_digest": state.digest,
+            "new_timestamp": state.metadata.timestamp,
+            "new_snapshot": state.metadata.snapshot,
+            "new_targets": state.metadata.targets,
+            "new_expires": state.expires,
+        }
+        if state.read is None:
+            upsert = _INSERT_STATE.get(connection.dialect.name)
+            if upsert is None:
+                written = connection.execute(_INSERT_STATE_PLAIN, values).rowcount
+            else:
+                written = int(connection.execute(upsert, values).first() is not None)
+        else:
+            values |= {"read_version": state.read[0], "read_digest": state.read[1]}
+            written = connection.execute(_REPLACE_STATE, values).rowcount
+        return bool(written == 1)
+
+    def _sign_state(
         self,
-        connection: Connection,
         vin: str,
         read: tuple[int, str] | None,
         assignment: dict[str, Any],
         digest: str,
-    ) -> SignedDirectorMetadata | None:
-        """Signs the version after ``read`` (version, digest) and stores it; None when
-        ``read`` is no longer the stored state."""
+        root: Root,
+    ) -> SignedState:
+        """Signs the version after ``read`` (version, digest)."""
         version = 1 if read is None else read[0] + 1
         expires = expires_after(self._clock(), self._expiry)
-        # Read after the state: a root imported since clears the digest that the write
-        # below compares, so metadata signed under an older root is not stored.
-        root = self._trusted_root(connection)
         signed = self._sign(vin, assignment, version, expires, root)
-        values = {
-            "state_vin": vin,
-            "new_version": version,
-            "new_digest": digest,
-            "new_timestamp": signed.timestamp,
-            "new_snapshot": signed.snapshot,
-            "new_targets": signed.targets,
-            "new_expires": expires,
-        }
-        if read is None:
-            statement = _INSERT_STATE.get(connection.dialect.name, _INSERT_STATE_PLAIN)
-            written = connection.execute(statement, values).rowcount
-        else:
-            values |= {"read_version": read[0], "read_digest": read[1]}
-            written = connection.execute(_REPLACE_STATE, values).rowcount
-        return signed if written == 1 else None
+        return SignedState(vin=vin, read=read, digest=digest, expires=expires, metadata=signed)
 
     def _sign(
         self,
