@@ -40,6 +40,7 @@ from server.auth.tokens import create_token
 from server.campaigns.engine import CampaignEngine
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import FLUSH_INTERVAL_SECONDS, LastSeenBuffer
+from server.campaigns.presign import Presigner, PresignLoop
 from server.clock import Clock, system_clock
 from server.errors import StaffelError
 from server.logs import configure_logging
@@ -97,6 +98,9 @@ class ServerConfig:
     reuse_port: bool = False
     presence_flush_seconds: float = FLUSH_INTERVAL_SECONDS  # seconds between last-seen writes
     offer_epoch_seconds: float = 1.0  # seconds between reads of the offer epoch
+    # Seconds between rounds of pre-signing released assignments' Director metadata (the
+    # engine's leader only, and also right after a step that released some); 0: none.
+    presign_interval_seconds: float = 2.0
     # Upgrade the database's schema at start-up; off: a database behind refuses to start.
     auto_migrate: bool = False
 
@@ -143,6 +147,17 @@ class StaffelServer:
         # age past MAX_EPOCH_AGE_SECONDS, and every check-in would go to the database.
         self._housekeeping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staffel-epoch")
         self._epoch_reader: asyncio.Task[None] | None = None
+        self._leading = False  # whether this process held the engine lock at its last try
+        # A thread of its own, so signing never waits behind check-ins nor they behind it.
+        self._presign_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staffel-sign")
+        self.presign = PresignLoop(
+            Presigner(self.database, self.director),
+            leading=lambda: self._leading,
+            executor=self._presign_pool,
+            metrics=self.metrics,
+            interval=config.presign_interval_seconds,
+        )
+        self._presigner: asyncio.Task[None] | None = None
         self.grpc_address = ""
         self.http_url = ""
 
@@ -245,6 +260,8 @@ class StaffelServer:
         self._refresher = asyncio.create_task(self._refresh_metadata())
         if self.config.engine_interval_seconds > 0:
             self._stepper = asyncio.create_task(self._step_campaigns())
+            if self.config.presign_interval_seconds > 0:
+                self._presigner = asyncio.create_task(self.presign.run())
         self._presence_flusher = asyncio.create_task(self._flush_presence())
         self._epoch_reader = asyncio.create_task(self._read_offer_epoch())
         log.info("serving gRPC on %s and HTTP on %s", self.grpc_address, self.http_url)
@@ -269,17 +286,22 @@ class StaffelServer:
                 # Among replicas sharing PostgreSQL, only the lock's holder steps.
                 leading = await asyncio.to_thread(self.engine_lock.hold)
                 self.metrics.engine_leader.set(int(leading))
+                self._leading = leading
                 if leading:
-                    await asyncio.to_thread(self._step_and_read_epoch)
+                    released = await asyncio.to_thread(self._step_and_read_epoch)
+                    if released:
+                        self.presign.wake()
             except Exception:
                 # Logged and retried: one bad step must not stop every campaign for good.
                 log.exception("campaign engine step failed; retrying at the next interval")
             await asyncio.sleep(self.config.engine_interval_seconds)
 
-    def _step_and_read_epoch(self) -> None:
-        self.engine.step()
+    def _step_and_read_epoch(self) -> int:
+        """One engine step; returns how many assignments it released."""
+        released = sum(outcome.released for outcome in self.engine.step())
         # A step that released assignments moved the epoch: resume quiet answers at once.
         self.quiet.refresh(self.database)
+        return released
 
     async def _flush_presence(self) -> None:
         """Writes the buffered last-seen moments on an interval until cancelled."""
@@ -309,11 +331,19 @@ class StaffelServer:
         """Graceful stop: health NOT_SERVING first, then drain calls, then close the store."""
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(self.config.shutdown_delay_seconds)
-        for task in (self._refresher, self._stepper, self._presence_flusher, self._epoch_reader):
+        tasks = (
+            self._refresher,
+            self._stepper,
+            self._presigner,
+            self._presence_flusher,
+            self._epoch_reader,
+        )
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await asyncio.to_thread(self._presign_pool.shutdown, wait=True)
         await asyncio.to_thread(self.engine_lock.release)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)

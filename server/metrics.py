@@ -51,6 +51,22 @@ class ServerMetrics:
             "1 while this replica holds the campaign-engine lock and runs its steps, else 0.",
             registry=self.registry,
         )
+        self.director_presigned = Counter(
+            "staffel_director_presigned_total",
+            "Vehicles' Director metadata signed ahead of their check-in by the pre-signer.",
+            registry=self.registry,
+        )
+        self.director_presign_waiting = Gauge(
+            "staffel_director_presign_waiting",
+            "Pending assignments the pre-signer found without matching Director metadata "
+            "and has not signed yet (its last round; 0 when it left none).",
+            registry=self.registry,
+        )
+        self.director_presign_rounds = Counter(
+            "staffel_director_presign_rounds_total",
+            "Pre-signing rounds that scanned the pending assignments.",
+            registry=self.registry,
+        )
         self.image_bytes_received = Counter(
             "staffel_image_bytes_received_total",
             "Bytes of images received by UploadImage.",

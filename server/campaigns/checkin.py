@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, or_, update
 from sqlalchemy import select as sql_select
@@ -204,12 +205,14 @@ def _load_registered(connection: Connection, vin: str) -> _Registered:
     rows = connection.execute(_LOAD_VEHICLE, {"vin": vin}).all()
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
-    ecus = tuple(
-        EcuSpec(row.serial, row.hardware_id, bool(row.primary), row.installed_sha256)
-        for row in rows
-        if row.serial is not None
-    )
+    ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
     return _Registered(site=rows[0].site, last_seen=rows[0].last_seen, ecus=ecus)
+
+
+def ecu_of(row: Any) -> EcuSpec:
+    """A registered ECU from a row with ``fleet_ecu``'s serial, hardware_id, primary and
+    installed_sha256 columns."""
+    return EcuSpec(row.serial, row.hardware_id, bool(row.primary), row.installed_sha256)
 
 
 def _record_inventory(
@@ -307,9 +310,24 @@ def _bundle_images(connection: Connection, bundle_id: int) -> tuple[_BundleImage
 
 
 def _targets(connection: Connection, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
+    return offer_targets(connection, targets=found.targets, bundle_id=found.bundle_id, ecus=ecus)
+
+
+def offer_targets(
+    connection: Connection, *, targets: str, bundle_id: int, ecus: Sequence[EcuSpec]
+) -> list[DirectorTarget]:
+    """The Director targets an offer of an assignment names for a vehicle's ECUs.
+
+    Args:
+        connection: Reads the images.
+        targets: The assignment's own targets (JSON, ECU serial to target name: a
+            rollback's), or empty for the campaign's bundle.
+        bundle_id: The campaign's bundle, matched to ECUs by hardware id.
+        ecus: The vehicle's registered ECUs.
+    """
     pairs: list[tuple[_BundleImage, EcuSpec]]
-    if found.targets:
-        wanted: dict[str, str] = json.loads(found.targets)
+    if targets:
+        wanted: dict[str, str] = json.loads(targets)
         images = {
             row.target_name: _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
             for row in connection.execute(_LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
@@ -318,7 +336,7 @@ def _targets(connection: Connection, found: _Open, ecus: Sequence[EcuSpec]) -> l
     else:
         pairs = [
             (image, ecu)
-            for image in _bundle_images(connection, found.bundle_id)
+            for image in _bundle_images(connection, bundle_id)
             for ecu in ecus
             if ecu.hardware_id == image.hardware_id
         ]

@@ -172,8 +172,9 @@ def _join_late_vehicles(
 
 def _release(
     session: Session, campaign: Campaign, plan: CampaignPlan, now: datetime, wait: timedelta
-) -> None:
-    """Queued assignments of the open waves become pending, within the pacing budget.
+) -> int:
+    """Queued assignments of the open waves become pending, within the pacing budget;
+    returns how many.
 
     An update's wave opens at a site with a relay only once the relay holds the bundle, or
     ``wait`` after the engine first asked (``server.staging.gate``).
@@ -211,15 +212,19 @@ def _release(
     ).one()
     budget = plan.pacing.budget(int(released_recently))
     if budget == 0:
-        return
+        return 0
     if budget is not None:
         queued = queued.order_by(col(Assignment.wave), col(Assignment.id)).limit(budget)
-    session.execute(
-        update(Assignment)
-        .where(col(Assignment.id).in_(queued.scalar_subquery()))
-        .values(state=AssignmentState.PENDING, released_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Assignment)
+            .where(col(Assignment.id).in_(queued.scalar_subquery()))
+            .values(state=AssignmentState.PENDING, released_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ),
     )
+    return int(result.rowcount)
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ class StepOutcome:
     campaign_id: str
     state: CampaignState
     wave: int
+    released: int = 0  # assignments this step made pending
 
 
 def step_campaign(
@@ -281,7 +287,7 @@ def step_campaign(
     met_at = None if campaign.gate_met_at is None else as_utc(campaign.gate_met_at)
     if campaign.current_wave < len(plan.waves) and gate.soaked(met_at, now):
         open_wave(session, campaign, now)
-    _release(session, campaign, plan, now, staging_wait)
+    released = _release(session, campaign, plan, now, staging_wait)
     unfinished = sum(
         c.queued + c.pending + c.in_progress
         for wave, c in counts.items()
@@ -293,7 +299,7 @@ def step_campaign(
         campaign.completed_at = now
         audit.record(session, ENGINE, "campaign.complete", public_id, lambda: now)
     session.add(campaign)
-    return StepOutcome(public_id, campaign.state, campaign.current_wave)
+    return StepOutcome(public_id, campaign.state, campaign.current_wave, released)
 
 
 class CampaignEngine:
