@@ -416,6 +416,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between campaign engine steps (gates, waves, pacing)",
     )
     parser.add_argument(
+        "--presign-interval",
+        type=float,
+        default=2.0,
+        help="seconds between rounds that sign released assignments' Director metadata ahead "
+        "of the vehicles' check-ins (in the engine's process; 0: sign at check-in only)",
+    )
+    parser.add_argument(
         "--staging-wait",
         type=float,
         default=DEFAULT_WAIT.total_seconds(),
@@ -477,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         http_listen=args.http_listen,
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
+        presign_interval_seconds=args.presign_interval,
         staging_wait=timedelta(seconds=args.staging_wait),
         reuse_port=args.reuse_port,
         auto_migrate=args.auto_migrate,
