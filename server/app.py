@@ -103,6 +103,22 @@ class ServerConfig:
     presign_interval_seconds: float = 2.0
     # Upgrade the database's schema at start-up; off: a database behind refuses to start.
     auto_migrate: bool = False
+    # Threads for the database work of vehicles' calls (check-ins that are not answered
+    # from memory, event reports); None: 1 on SQLite, 8 on PostgreSQL (see vehicle_threads).
+    vehicle_threads: int | None = None
+
+
+def vehicle_threads(config: ServerConfig, database: Database) -> int:
+    """How many threads do vehicles' database work.
+
+    SQLite answers from the local file in microseconds and serializes writers anyway, so
+    more threads only contend for the interpreter lock (measured: one thread answers
+    repeat offers ~25 % faster than six); PostgreSQL waits on the network, where threads
+    overlap the round trips.
+    """
+    if config.vehicle_threads is not None:
+        return config.vehicle_threads
+    return 1 if database.engine.dialect.name == "sqlite" else 8
 
 
 class StaffelServer:
@@ -158,6 +174,11 @@ class StaffelServer:
             interval=config.presign_interval_seconds,
         )
         self._presigner: asyncio.Task[None] | None = None
+        # Vehicles' database work gets threads of its own: sized for the database, and
+        # never queued behind an engine step or a management call in the default executor.
+        self._vehicle_pool = ThreadPoolExecutor(
+            max_workers=vehicle_threads(config, self.database), thread_name_prefix="staffel-vehicle"
+        )
         self.grpc_address = ""
         self.http_url = ""
 
@@ -183,6 +204,7 @@ class StaffelServer:
                 clock=self.clock,
                 presence=self.presence,
                 quiet=self.quiet,
+                executor=self._vehicle_pool,
             ),
             server,
         )
@@ -344,6 +366,7 @@ class StaffelServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await asyncio.to_thread(self._presign_pool.shutdown, wait=True)
+        await asyncio.to_thread(self._vehicle_pool.shutdown, wait=True)
         await asyncio.to_thread(self.engine_lock.release)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
@@ -416,6 +439,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between campaign engine steps (gates, waves, pacing)",
     )
     parser.add_argument(
+        "--vehicle-threads",
+        type=int,
+        help="threads for vehicles' database work (default: 1 on SQLite, 8 on PostgreSQL)",
+    )
+    parser.add_argument(
         "--presign-interval",
         type=float,
         default=2.0,
@@ -485,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_seconds=args.poll_seconds,
         engine_interval_seconds=args.engine_interval,
         presign_interval_seconds=args.presign_interval,
+        vehicle_threads=args.vehicle_threads,
         staging_wait=timedelta(seconds=args.staging_wait),
         reuse_port=args.reuse_port,
         auto_migrate=args.auto_migrate,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
@@ -22,6 +25,8 @@ from server.repository.director import Director
 from server.repository.manifest_gate import ManifestGate
 from server.repository.manifests import VerifiedManifest
 from server.store import Database
+
+_T = TypeVar("_T")
 
 
 def _event_kind(value: int) -> EventKind:
@@ -70,7 +75,10 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         presence: LastSeenBuffer | None = None,
         quiet: QuietVehicles | None = None,
         manifests: ManifestGate | None = None,
+        executor: Executor | None = None,
     ) -> None:
+        """Answers vehicles; ``executor`` runs their database work (default: asyncio's)."""
+        self._executor = executor
         self._manifests = manifests or ManifestGate(
             database,
             clock=clock,
@@ -93,7 +101,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
             # A vehicle new to this process: admitted in the check-in's own thread hop.
-            return self._answer(await asyncio.to_thread(self._admit_and_check_in, request, ecus))
+            return self._answer(
+                await self._in_thread(partial(self._admit_and_check_in, request, ecus))
+            )
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(
             request.vin, request.manifest, ecus, quiet=likely_quiet
@@ -112,8 +122,14 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             )
         if result is None:
             # One worker-thread hop: the manifest is stored before the Director is asked.
-            result = await asyncio.to_thread(self._record_and_check_in, request, ecus, manifest)
+            result = await self._in_thread(
+                partial(self._record_and_check_in, request, ecus, manifest)
+            )
         return self._answer(result)
+
+    async def _in_thread(self, call: Callable[[], _T]) -> _T:
+        """Runs blocking database work on the vehicles' threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _admit_and_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
@@ -168,8 +184,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self, request: vehicle_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vehicle_pb2.ReportEventsResponse:
         events = [reported_event(e) for e in request.events]
-        outcome = await asyncio.to_thread(
-            record_events, self._database, request.vin, events, clock=self._clock
+        outcome = await self._in_thread(
+            partial(record_events, self._database, request.vin, events, clock=self._clock)
         )
         for kind in outcome.new_kinds:
             self._metrics.vehicle_events.labels(kind.value).inc()

@@ -1,4 +1,4 @@
-"""--reuse-port: server processes share the ports when asked; a busy port is an error otherwise."""
+"""Server process options: --reuse-port shares the ports when asked; vehicle threads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from keys.keyset import init_keyset
-from server.app import ServerConfig, StaffelServer
+from server.app import ServerConfig, StaffelServer, vehicle_threads
 from server.errors import StaffelError
+from server.store import Database
 
 
 def _free_port() -> int:
@@ -50,3 +51,12 @@ async def test_two_servers_share_the_ports_only_with_reuse_port(tmp_path: Path) 
             await second.stop()
     finally:
         await first.stop()
+
+
+def test_vehicle_threads_follow_the_database_unless_set(tmp_path: Path, database_url: str) -> None:
+    database = Database.from_url(database_url)
+    config = ServerConfig(data_dir=tmp_path / "data", keys_dir=tmp_path / "keys")
+    expected = 1 if database_url.startswith("sqlite") else 8
+    assert vehicle_threads(config, database) == expected
+    assert vehicle_threads(ServerConfig(tmp_path, tmp_path, vehicle_threads=3), database) == 3
+    database.engine.dispose()
