@@ -7,11 +7,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
-from sqlmodel import Session, col, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel, col, select
 
 from server.campaigns.eligibility import MaintenanceWindow
-from server.campaigns.models import Assignment, AssignmentState, Campaign, VehicleEventRecord
+from server.campaigns.models import Assignment, AssignmentState, Campaign
 from server.campaigns.plan import CampaignPlan
 from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError, NotFoundError
@@ -128,15 +131,7 @@ def record_events(
         vehicle = session.get(Vehicle, vin)
         if vehicle is None:
             raise NotFoundError(f"vehicle {vin} is not registered")
-        seen = set(
-            session.exec(
-                select(VehicleEventRecord.event_id).where(
-                    col(VehicleEventRecord.event_id).in_([e.event_id for e in events])
-                )
-            ).all()
-        )
-        new_events = [e for e in events if e.event_id not in seen]
-        assignment_ids = {int(e.assignment_id) for e in new_events if e.assignment_id}
+        assignment_ids = {int(e.assignment_id) for e in events if e.assignment_id}
         assignments = {
             a.id: a
             for a in session.exec(
@@ -149,28 +144,55 @@ def record_events(
                 raise InvalidArgumentError(
                     f"assignment {assignment_id} does not belong to vehicle {vin}"
                 )
+        inserted = _insert_new(session, vin, events, received_at)
+        new_events = [e for e in events if e.event_id in inserted]
         windows = _windows(session, {a.campaign_id for a in assignments.values()}, vehicle.site)
         for reported in new_events:
-            assignment_row_id = int(reported.assignment_id) if reported.assignment_id else None
-            session.add(
-                VehicleEventRecord(
-                    event_id=reported.event_id,
-                    vin=vin,
-                    assignment_id=assignment_row_id,
-                    kind=reported.kind.value,
-                    failure_type=reported.failure_type.value,
-                    detail=reported.detail,
-                    slot=reported.slot,
-                    occurred_at=reported.occurred_at,
-                    received_at=received_at,
-                )
-            )
-            if assignment_row_id is not None:
-                assignment = assignments[assignment_row_id]
+            if reported.assignment_id:
+                assignment = assignments[int(reported.assignment_id)]
                 apply_event(assignment, reported, received_at, windows.get(assignment.campaign_id))
     return ReportOutcome(
         new_kinds=tuple(e.kind for e in new_events), duplicates=len(events) - len(new_events)
     )
+
+
+_EVENTS: Final = SQLModel.metadata.tables["campaign_vehicle_event"]
+
+
+def _insert_new(
+    session: Session, vin: str, events: Sequence[ReportedEvent], received_at: datetime
+) -> set[str]:
+    """Inserts the events not stored yet; returns their ids.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the primary key's index finds
+    resends whatever plan the database would pick for a look-up (a growing table without
+    statistics made a prepared ``SELECT ... IN`` scan it whole, once per report).
+    """
+    if not events:
+        return set()
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(_EVENTS)
+        .values(
+            [
+                {
+                    "event_id": e.event_id,
+                    "vin": vin,
+                    "assignment_id": int(e.assignment_id) if e.assignment_id else None,
+                    "kind": e.kind.value,
+                    "failure_type": e.failure_type.value,
+                    "detail": e.detail,
+                    "slot": e.slot,
+                    "occurred_at": e.occurred_at,
+                    "received_at": received_at,
+                }
+                for e in events
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=[_EVENTS.c.event_id])
+        .returning(_EVENTS.c.event_id)
+    )
+    return set(session.connection().execute(statement).scalars())
 
 
 def _windows(session: Session, campaign_ids: set[int], site: str) -> dict[int, MaintenanceWindow]:

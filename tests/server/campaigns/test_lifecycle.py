@@ -20,10 +20,10 @@ from server.campaigns.engine import CampaignEngine
 from server.campaigns.events import EventKind, FailureType, record_events
 from server.campaigns.gates import Gate
 from server.campaigns.lifecycle import CampaignActions
-from server.campaigns.models import AssignmentState, CampaignState
+from server.campaigns.models import AssignmentState, CampaignState, VehicleEventRecord
 from server.campaigns.plan import CampaignPlan, WaveSpec
 from server.campaigns.views import CampaignView, get_campaign
-from server.errors import FailedPreconditionError, PermissionDeniedError
+from server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from server.fleet.registry import EcuSpec, get_vehicle
 from server.fleet.selectors import FleetSelector
 from server.repository.director import Director
@@ -349,3 +349,25 @@ def test_a_vehicle_is_in_one_active_campaign_at_a_time(env: Env) -> None:
     env.actions.approve(BOB, created.campaign_id)
     with pytest.raises(FailedPreconditionError, match="2 busy"):
         env.actions.start(ALICE, created.campaign_id)
+
+
+def test_a_resent_report_is_counted_once_and_changes_nothing(env: Env) -> None:
+    vehicle = add_vehicle(env.database, 1)
+    other = add_vehicle(env.database, 2)
+    env.launch(CampaignPlan())
+    offer = env.check_in(vehicle)
+    downloaded = event(offer.assignment_id, EventKind.DOWNLOADED)
+    first = record_events(env.database, vehicle, [downloaded])
+    assert (first.accepted, first.duplicates) == (1, 0)
+
+    installed = event(offer.assignment_id, EventKind.INSTALLED)
+    again = record_events(env.database, vehicle, [downloaded, installed])
+    assert (again.accepted, again.duplicates) == (1, 1)
+    assert again.new_kinds == (EventKind.INSTALLED,)
+    assert record_events(env.database, vehicle, [downloaded, installed]).duplicates == 2
+
+    with pytest.raises(InvalidArgumentError, match="does not belong to vehicle"):
+        record_events(env.database, other, [event(offer.assignment_id, EventKind.COMMITTED)])
+    with env.database.session() as session:
+        stored = session.exec(select(VehicleEventRecord.kind)).all()
+    assert sorted(stored) == ["downloaded", "installed"]
