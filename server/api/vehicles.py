@@ -82,7 +82,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self._manifests = manifests or ManifestGate(
             database,
             clock=clock,
-            offer_epoch=(lambda: quiet.epoch) if quiet is not None else lambda: None,
+            offer_epoch=(lambda: quiet.epoch) if quiet is not None else None,
         )
         self._clock = clock
         self._presence = presence

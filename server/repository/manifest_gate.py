@@ -77,10 +77,6 @@ class _Known:
     epoch: int | None  # the offer epoch read before the database read (None: unknown)
 
 
-def _no_epoch() -> int | None:
-    return None
-
-
 class ManifestGate:
     """Verifies each check-in's vehicle version manifest; safe to use from several threads."""
 
@@ -90,13 +86,13 @@ class ManifestGate:
         *,
         clock: Clock = system_clock,
         max_vehicles: int = MAX_CACHED_VEHICLES,
-        offer_epoch: Callable[[], int | None] = _no_epoch,
+        offer_epoch: Callable[[], int | None] | None = None,
     ) -> None:
         """A gate over the fleet registry and inventories of ``database``.
 
         ``offer_epoch`` returns the current offer epoch, or None while it is unknown or
         stale (``QuietVehicles.epoch``); a vehicle found without keys is trusted to have
-        none while it stands still.
+        none while it stands still. Without it, for ``KEYLESS_RECHECK_SECONDS``.
         """
         self._database = database
         self._clock = clock
@@ -192,12 +188,13 @@ class ManifestGate:
 
     def _still_keyless(self, known: _Known) -> bool:
         """Whether a vehicle found without keys may still be taken to have none."""
-        if known.epoch is not None:
+        if known.epoch is not None and self._offer_epoch is not None:
             return self._offer_epoch() == known.epoch
         return time.monotonic() - known.loaded_at <= KEYLESS_RECHECK_SECONDS
 
     def _load(self, vin: str) -> _Known:
-        epoch = self._offer_epoch()  # before the read: a later key moves it
+        # Read before the keys: a key added later moves it.
+        epoch = self._offer_epoch() if self._offer_epoch is not None else None
         # Prebuilt Core reads: a vehicle's first check-in per process comes here.
         with self._database.engine.connect() as connection:
             rows = connection.execute(_KEYS, {"vin": vin}).all()

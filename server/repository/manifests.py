@@ -289,11 +289,11 @@ def _verifies(key: Key, signature: Signature, signed: Any) -> bool:
     content; only when it does not is the slower canonical encoder asked. Ed25519 keys are
     verified with libsodium, the others through securesystemslib.
     """
-    quick = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    if _verify(key, signature, quick.encode()):
+    quick = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if _verify(key, signature, quick):
         return True
     canonical = (encode_canonical(signed) or "").encode()
-    return canonical != quick.encode() and _verify(key, signature, canonical)
+    return canonical != quick and _verify(key, signature, canonical)
 
 
 def _verify(key: Key, signature: Signature, payload: bytes) -> bool:
