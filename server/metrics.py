@@ -28,6 +28,15 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.heartbeats = Counter(
+            "staffel_checkin_heartbeats_total",
+            "Heartbeat check-ins (a hash-chain link instead of a signed manifest), by "
+            "outcome: accepted, fell_back (this process holds no chain of the vehicle, "
+            "or it is used up: the vehicle signs a manifest), refused (a wrong or "
+            "replayed link, ECUs that differ from the signed inventory, malformed).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.vehicle_events = Counter(
             "staffel_vehicle_events_total",
             "Vehicle events recorded, by kind; resends are not counted.",

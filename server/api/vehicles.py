@@ -18,7 +18,7 @@ from server.campaigns.events import EventKind, FailureType, ReportedEvent, recor
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, system_clock
-from server.errors import InvalidArgumentError
+from server.errors import FailedPreconditionError, InvalidArgumentError, StaffelError
 from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
 from server.repository.director import Director
@@ -98,18 +98,50 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         ecus = [
             EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
         ]
+        if request.heartbeat:
+            return await self._heartbeat_check_in(request, ecus)
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
             # A vehicle new to this process: admitted in the check-in's own thread hop.
-            return self._answer(
-                await self._in_thread(partial(self._admit_and_check_in, request, ecus))
-            )
+            result, held = await self._in_thread(partial(self._admit_and_check_in, request, ecus))
+            return self._answer(result, chain_held=held)
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(
             request.vin, request.manifest, ecus, quiet=likely_quiet
         )
+        result = await self._check_in_admitted(request, ecus, manifest, quiet=likely_quiet)
+        return self._answer(result, chain_held=_commits(manifest))
+
+    async def _heartbeat_check_in(
+        self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
+    ) -> vehicle_pb2.CheckInResponse:
+        """A check-in carrying a heartbeat: the inventory is the signed one, nothing to store."""
+        try:
+            accepted = self._manifests.admit_heartbeat(
+                request.vin, request.manifest, request.heartbeat, ecus
+            )
+        except FailedPreconditionError:
+            self._metrics.heartbeats.labels("fell_back").inc()
+            raise
+        except StaffelError:
+            self._metrics.heartbeats.labels("refused").inc()
+            raise
+        self._metrics.heartbeats.labels("accepted").inc()
+        quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
+        result = await self._check_in_admitted(request, ecus, None, quiet=quiet)
+        return self._answer(result, chain_held=accepted.remaining > 0)
+
+    async def _check_in_admitted(
+        self,
+        request: vehicle_pb2.CheckInRequest,
+        ecus: list[EcuSpec],
+        manifest: VerifiedManifest | None,
+        *,
+        quiet: bool,
+    ) -> CheckInResult:
+        """The check-in of an admitted request: from memory when quiet, else the database."""
         result: CheckInResult | None = None
-        if likely_quiet and self._quiet is not None and self._presence is not None:
+        if quiet and self._quiet is not None and self._presence is not None:
             # Most check-ins: answered from memory on the event loop, no thread, no SQL.
             result = check_in_quietly(
                 self._quiet,
@@ -125,7 +157,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             result = await self._in_thread(
                 partial(self._record_and_check_in, request, ecus, manifest)
             )
-        return self._answer(result)
+        return result
 
     async def _in_thread(self, call: Callable[[], _T]) -> _T:
         """Runs blocking database work on the vehicles' threads."""
@@ -133,10 +165,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
 
     def _admit_and_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
-    ) -> CheckInResult:
-        """Admits the manifest, stores it and checks in: blocking, for a worker thread."""
+    ) -> tuple[CheckInResult, bool]:
+        """Admits the manifest, stores it and checks in: blocking, for a worker thread.
+
+        Returns the result and whether the gate now holds the manifest's heartbeat chain.
+        """
         manifest = self._manifests.admit_blocking(request.vin, request.manifest, ecus)
-        return self._record_and_check_in(request, ecus, manifest)
+        return self._record_and_check_in(request, ecus, manifest), _commits(manifest)
 
     def _record_and_check_in(
         self,
@@ -158,11 +193,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             quiet=self._quiet,
         )
 
-    def _answer(self, result: CheckInResult) -> vehicle_pb2.CheckInResponse:
+    def _answer(self, result: CheckInResult, *, chain_held: bool) -> vehicle_pb2.CheckInResponse:
         if result.director is None:
             self._metrics.checkins.labels("nothing_to_do").inc()
             return vehicle_pb2.CheckInResponse(
-                nothing_to_do=vehicle_pb2.NothingToDo(), next_poll_seconds=result.next_poll_seconds
+                nothing_to_do=vehicle_pb2.NothingToDo(),
+                next_poll_seconds=result.next_poll_seconds,
+                heartbeat_chain_held=chain_held,
             )
         self._metrics.checkins.labels("update").inc()
         window = result.install_window
@@ -178,6 +215,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 install_not_after=timestamp(window[1] if window else None),
             ),
             next_poll_seconds=result.next_poll_seconds,
+            heartbeat_chain_held=chain_held,
         )
 
     async def ReportEvents(
@@ -192,3 +230,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         return vehicle_pb2.ReportEventsResponse(
             accepted=outcome.accepted, duplicates=outcome.duplicates
         )
+
+
+def _commits(manifest: VerifiedManifest | None) -> bool:
+    """Whether the gate holds the heartbeat chain of an admitted manifest (it committed to one)."""
+    return manifest is not None and manifest.heartbeat is not None

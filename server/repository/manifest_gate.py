@@ -19,11 +19,24 @@ manifest, as before manifests existed; one with keys must send one. "No keys" is
 while the offer epoch stands still (registering an ECU or changing its key moves it, on
 every server process within a second); without an epoch source, for
 ``KEYLESS_RECHECK_SECONDS``.
+
+Heartbeats (:meth:`ManifestGate.admit_heartbeat`): a manifest may commit to a hash chain
+(``HeartbeatCommitment``: anchor h_N, length N, h_(i+1) = SHA-256(h_i), h_0 secret on the
+vehicle). The gate remembers, per vehicle, the last link it accepted (the anchor at
+first), how many links remain, and the manifest's verified inventory. While the inventory
+stays the same, a check-in may carry the next link instead of a manifest: one to a few
+SHA-256 and no parsing. Each link is accepted once (compare-and-set under the gate's
+lock), so a captured heartbeat replayed is refused, and no one who saw every heartbeat can
+make the next one. Chains live in this process's memory only: a heartbeat reaching a
+process that does not hold the vehicle's chain (another process sharing the port, a
+restart) is answered FAILED_PRECONDITION, and the vehicle signs a manifest (a new chain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +49,12 @@ from sqlalchemy import select as sql_select
 from sqlmodel import SQLModel
 
 from server.clock import Clock, system_clock
-from server.errors import InvalidArgumentError, PermissionDeniedError
+from server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from server.fleet import models as _fleet_models  # noqa: F401 - its tables, named below
 from server.fleet.registry import EcuSpec, ecu_public_key
 from server.repository import models as _repository_models  # noqa: F401 - likewise
 from server.repository.manifests import (
+    HEARTBEAT_LINK_BYTES,
     Freshness,
     VerifiedManifest,
     check_fresh,
@@ -55,6 +69,10 @@ MAX_CACHED_VEHICLES: Final = 200_000  # entries (~1 KiB each); cleared when full
 # A vehicle found without keys is asked of the database again after this long, so one
 # provisioned meanwhile (elsewhere) is held to its manifest.
 KEYLESS_RECHECK_SECONDS: Final = 10.0  # seconds
+# A heartbeat may skip this many links less one (heartbeats lost on the way, e.g. answered
+# by a relay from its cache while its uplink was down): hashing it 1 to this many times
+# must give the last accepted link.
+MAX_HEARTBEAT_STEPS: Final = 16
 
 
 _ECUS: Final = SQLModel.metadata.tables["fleet_ecu"]
@@ -68,6 +86,15 @@ _FRESHNESS: Final = sql_select(_INVENTORIES.c.latest_time, _INVENTORIES.c.nonces
 
 
 @dataclass(frozen=True)
+class _Chain:
+    """The heartbeat chain of a vehicle's last admitted manifest, as far as it was used."""
+
+    link: bytes  # the last accepted link (the manifest's anchor at first)
+    remaining: int  # links not revealed yet
+    inventory: Mapping[str, str]  # the manifest's verified reports: ECU serial -> sha256
+
+
+@dataclass(frozen=True)
 class _Known:
     """What the gate holds of one vehicle."""
 
@@ -75,6 +102,15 @@ class _Known:
     freshness: Freshness | None
     loaded_at: float  # time.monotonic() of the database read
     epoch: int | None  # the offer epoch read before the database read (None: unknown)
+    chain: _Chain | None = None  # the last admitted manifest's heartbeat chain
+
+
+@dataclass(frozen=True)
+class AcceptedHeartbeat:
+    """A heartbeat the gate accepted: the vehicle's inventory is the verified one."""
+
+    vin: str
+    remaining: int  # links of the chain still unrevealed (0: the next check-in signs)
 
 
 class ManifestGate:
@@ -161,11 +197,82 @@ class ManifestGate:
             )
         manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys, primary_report_covered=quiet)
         _check_agrees(manifest, ecus)
+        commitment = manifest.heartbeat
+        chain = None
+        if commitment is not None:
+            inventory = {report.ecu_serial: report.sha256 for report in manifest.reports}
+            chain = _Chain(commitment.anchor, commitment.length, inventory)
         with self._lock:
             current = self._vehicles.get(vin, known)
             fresh = check_fresh(manifest, current.freshness)
-            self._vehicles[vin] = replace(current, freshness=fresh)
+            # A newer manifest ends the chain of the one before, with or without its own.
+            self._vehicles[vin] = replace(current, freshness=fresh, chain=chain)
         return manifest
+
+    def admit_heartbeat(
+        self, vin: str, manifest: bytes, heartbeat: bytes, ecus: Sequence[EcuSpec]
+    ) -> AcceptedHeartbeat:
+        """Accepts the next link of the vehicle's heartbeat chain, once; from memory only.
+
+        Args:
+            vin: The vehicle checking in.
+            manifest: ``CheckInRequest.manifest``: must be empty.
+            heartbeat: ``CheckInRequest.heartbeat``: the link revealed.
+            ecus: What the request's ``ecus`` say; must be the chain's verified inventory.
+
+        Returns:
+            The accepted heartbeat; the link is used up.
+
+        Raises:
+            InvalidArgumentError: A manifest came too, the link is not 32 bytes, the
+                vehicle has no ECU keys (so no chain), or ``ecus`` differ from the
+                inventory of the manifest that committed to the chain.
+            FailedPreconditionError: This process holds no chain of the vehicle (another
+                process or a restart; or its chain is used up): sign a manifest.
+            PermissionDeniedError: The link is not the next one (replayed, or wrong).
+        """
+        if manifest:
+            raise InvalidArgumentError(
+                f"vehicle {vin}: the check-in carries both a version manifest and a heartbeat; "
+                f"send one of them"
+            )
+        if len(heartbeat) != HEARTBEAT_LINK_BYTES:
+            raise InvalidArgumentError(
+                f"vehicle {vin}: a heartbeat is one {HEARTBEAT_LINK_BYTES}-byte link of the "
+                f"chain its last manifest committed to, not {len(heartbeat)} bytes"
+            )
+        with self._lock:  # the check and the advance are one step: each link passes once
+            known = self._vehicles.get(vin)
+            if known is not None and not known.keys:
+                raise InvalidArgumentError(
+                    f"vehicle {vin} is registered without ECU keys, so no signed manifest "
+                    f"committed to a heartbeat chain: send no heartbeat"
+                )
+            chain = known.chain if known is not None else None
+            if known is None or chain is None:
+                raise FailedPreconditionError(
+                    f"vehicle {vin}: this server process holds no heartbeat chain of the "
+                    f"vehicle (it restarted, or another process admitted the manifest); send "
+                    f"a signed version manifest"
+                )
+            if chain.remaining == 0:
+                raise FailedPreconditionError(
+                    f"vehicle {vin} used up its heartbeat chain; send a signed version "
+                    f"manifest with a new one"
+                )
+            _check_inventory(vin, chain.inventory, ecus)
+            steps = _steps_to(heartbeat, chain.link, min(MAX_HEARTBEAT_STEPS, chain.remaining))
+            if steps == 0:
+                raise PermissionDeniedError(
+                    f"vehicle {vin}: the heartbeat is not one of the next "
+                    f"{MAX_HEARTBEAT_STEPS} links of its chain (a replayed or forged "
+                    f"heartbeat): refused; the vehicle signs a version manifest"
+                )
+            remaining = chain.remaining - steps
+            self._vehicles[vin] = replace(
+                known, chain=replace(chain, link=heartbeat, remaining=remaining)
+            )
+        return AcceptedHeartbeat(vin=vin, remaining=remaining)
 
     def record(self, manifest: VerifiedManifest | None) -> None:
         """Stores a verified manifest as the vehicle's inventory (blocking; database).
@@ -208,7 +315,7 @@ class ManifestGate:
             current = self._vehicles.get(vin)
             if current is not None and current.freshness is not None:
                 # A check-in admitted meanwhile is fresher than what the database held.
-                known = replace(known, freshness=current.freshness)
+                known = replace(known, freshness=current.freshness, chain=current.chain)
             self._vehicles[vin] = known
         return known
 
@@ -223,3 +330,24 @@ def _check_agrees(manifest: VerifiedManifest, ecus: Sequence[EcuSpec]) -> None:
                 f"{report.sha256 or '(none)'}, the check-in names "
                 f"{installed[report.ecu_serial] or '(none)'}; refused"
             )
+
+
+def _check_inventory(vin: str, inventory: Mapping[str, str], ecus: Sequence[EcuSpec]) -> None:
+    """A heartbeat's (unsigned) ECU list must be exactly the chain's verified inventory."""
+    reported = {ecu.serial: ecu.installed_sha256 for ecu in ecus}
+    if len(reported) != len(ecus) or reported != inventory:
+        raise InvalidArgumentError(
+            f"vehicle {vin}: the heartbeat's ECUs {sorted(reported.items())} differ from the "
+            f"inventory its last signed manifest reported {sorted(inventory.items())}; a "
+            f"changed inventory is reported in a signed version manifest"
+        )
+
+
+def _steps_to(link: bytes, last: bytes, bound: int) -> int:
+    """How many SHA-256 turn ``link`` into ``last`` (1 to ``bound``); 0 when none does."""
+    current = link
+    for steps in range(1, bound + 1):
+        current = hashlib.sha256(current).digest()
+        if hmac.compare_digest(current, last):
+            return steps
+    return 0

@@ -10,6 +10,12 @@ A manifest is accepted only when
 
 and then it becomes the vehicle's software inventory (``VehicleInventory``).
 
+A manifest may commit, in its signed part, to a heartbeat hash chain
+(``"heartbeat": {"anchor": hex(h_N), "length": N}``, :class:`HeartbeatCommitment`): the
+vehicle's next check-ins, while its inventory stays the same, reveal the chain's links
+instead of signing a manifest each time (``server.repository.manifest_gate``). Manifests
+without it stay valid.
+
 The primary's own report is signed by the same key as the manifest around it, whose
 signature covers the report and its signature too; a check-in answered "nothing to do"
 (which stores nothing) may skip that one redundant check (``primary_report_covered``),
@@ -43,6 +49,11 @@ MAX_MANIFEST_BYTES: Final = 64 * 1024
 # The vehicle's most recent report nonces kept; older replays fail on the report time.
 RECENT_NONCES: Final = 256
 _NONCE: Final = re.compile(r"[0-9a-f]{32,128}")
+HEARTBEAT_LINK_BYTES: Final = 32  # one SHA-256 digest
+# The longest heartbeat chain a manifest may commit to (a vehicle polling every minute
+# for two years); a longer one is refused as malformed.
+MAX_HEARTBEAT_CHAIN: Final = 1 << 20
+_ANCHOR: Final = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,14 @@ class EcuReport:
 
 
 @dataclass(frozen=True)
+class HeartbeatCommitment:
+    """The heartbeat chain a signed manifest commits to: its last link and its length."""
+
+    anchor: bytes  # h_N, 32 bytes
+    length: int  # N: links h_(N-1) ... h_0 may be revealed, in that order
+
+
+@dataclass(frozen=True)
 class VerifiedManifest:
     """A manifest whose signatures, VIN and ECUs checked out (freshness not yet)."""
 
@@ -68,6 +87,8 @@ class VerifiedManifest:
     data: bytes = b""
     # False while the primary's own report signature (covered by the manifest's) is unchecked.
     primary_report_checked: bool = True
+    # The heartbeat chain the manifest's signed part commits to, if any.
+    heartbeat: HeartbeatCommitment | None = None
 
     @property
     def latest_time(self) -> datetime:
@@ -116,6 +137,7 @@ def verify_manifest(
         skip = primary if primary_report_covered else None
         reports = [_report(entry, ecu_keys, skip) for entry in signed["ecu_version_reports"]]
         manifest_vin = str(signed["vin"])
+        heartbeat = _commitment(signed.get("heartbeat"))
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidArgumentError(f"the version manifest is malformed: {error!r}") from error
     if manifest_vin != vin:
@@ -134,6 +156,7 @@ def verify_manifest(
         reports=tuple(reports),
         data=data,
         primary_report_checked=not primary_report_covered,
+        heartbeat=heartbeat,
     )
 
 
@@ -236,6 +259,29 @@ def record_manifest(session: Session, manifest: VerifiedManifest, *, now: dateti
     row.manifest = manifest.data
     session.add(row)
     return fresh
+
+
+def _commitment(raw: Any) -> HeartbeatCommitment | None:
+    """The heartbeat commitment of a manifest's signed part (None when it has none).
+
+    Raises:
+        InvalidArgumentError: The commitment is malformed.
+    """
+    if raw is None:
+        return None
+    anchor, length = raw["anchor"], raw["length"]
+    if not isinstance(anchor, str) or _ANCHOR.fullmatch(anchor) is None:
+        raise InvalidArgumentError(
+            "the version manifest's heartbeat anchor must be 64 lowercase hex digits (SHA-256)"
+        )
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise InvalidArgumentError("the version manifest's heartbeat length must be an integer")
+    if not 1 <= length <= MAX_HEARTBEAT_CHAIN:
+        raise InvalidArgumentError(
+            f"the version manifest's heartbeat chain has {length} links; 1 to "
+            f"{MAX_HEARTBEAT_CHAIN} allowed"
+        )
+    return HeartbeatCommitment(anchor=bytes.fromhex(anchor), length=length)
 
 
 def _report(entry: Any, ecu_keys: Mapping[str, Key], covered: str | None) -> EcuReport:

@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18staffel/v1/vehicle.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\nEcuVersion\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x18\n\x10installed_sha256\x18\x03 \x01(\t\x12\x0f\n\x07primary\x18\x04 \x01(\x08\"d\n\x0e\x43heckInRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12$\n\x04\x65\x63us\x18\x02 \x03(\x0b\x32\x16.staffel.v1.EcuVersion\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\"H\n\x10\x44irectorMetadata\x12\x11\n\ttimestamp\x18\x01 \x01(\x0c\x12\x10\n\x08snapshot\x18\x02 \x01(\x0c\x12\x0f\n\x07targets\x18\x03 \x01(\x0c\"\xc3\x01\n\x0bUpdateOffer\x12\x15\n\rassignment_id\x18\x01 \x01(\t\x12.\n\x08\x64irector\x18\x02 \x01(\x0b\x32\x1c.staffel.v1.DirectorMetadata\x12\x36\n\x12install_not_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11install_not_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\r\n\x0bNothingToDo\"\x94\x01\n\x0f\x43heckInResponse\x12\x30\n\rnothing_to_do\x18\x01 \x01(\x0b\x32\x17.staffel.v1.NothingToDoH\x00\x12)\n\x06update\x18\x02 \x01(\x0b\x32\x17.staffel.v1.UpdateOfferH\x00\x12\x19\n\x11next_poll_seconds\x18\x03 \x01(\rB\t\n\x07outcome\"\xda\x01\n\x0cVehicleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x15\n\rassignment_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.staffel.v1.EventKind\x12-\n\x0c\x66\x61ilure_type\x18\x04 \x01(\x0e\x32\x17.staffel.v1.FailureType\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0c\n\x04slot\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x13ReportEventsRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.staffel.v1.VehicleEvent\"<\n\x14ReportEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r*\xac\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_KIND_CHECKED_IN\x10\x01\x12\x19\n\x15\x45VENT_KIND_DOWNLOADED\x10\x02\x12\x17\n\x13\x45VENT_KIND_VERIFIED\x10\x03\x12\x18\n\x14\x45VENT_KIND_INSTALLED\x10\x04\x12\x17\n\x13\x45VENT_KIND_REBOOTED\x10\x05\x12\x16\n\x12\x45VENT_KIND_HEALTHY\x10\x06\x12\x18\n\x14\x45VENT_KIND_COMMITTED\x10\x07\x12\x1c\n\x18\x45VENT_KIND_HEALTH_FAILED\x10\x08\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\t\x12\x15\n\x11\x45VENT_KIND_FAILED\x10\n*\xd2\x01\n\x0b\x46\x61ilureType\x12\x1c\n\x18\x46\x41ILURE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ILURE_TYPE_DOWNLOAD\x10\x01\x12\x1d\n\x19\x46\x41ILURE_TYPE_VERIFICATION\x10\x02\x12\x18\n\x14\x46\x41ILURE_TYPE_INSTALL\x10\x03\x12\x17\n\x13\x46\x41ILURE_TYPE_HEALTH\x10\x04\x12\x1c\n\x18\x46\x41ILURE_TYPE_ROLLED_BACK\x10\x05\x12\x1a\n\x16\x46\x41ILURE_TYPE_TIMED_OUT\x10\x06\x32\xa7\x01\n\x0eVehicleService\x12\x42\n\x07\x43heckIn\x12\x1a.staffel.v1.CheckInRequest\x1a\x1b.staffel.v1.CheckInResponse\x12Q\n\x0cReportEvents\x12\x1f.staffel.v1.ReportEventsRequest\x1a .staffel.v1.ReportEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18staffel/v1/vehicle.proto\x12\nstaffel.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n\nEcuVersion\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x18\n\x10installed_sha256\x18\x03 \x01(\t\x12\x0f\n\x07primary\x18\x04 \x01(\x08\"w\n\x0e\x43heckInRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12$\n\x04\x65\x63us\x18\x02 \x03(\x0b\x32\x16.staffel.v1.EcuVersion\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\x12\x11\n\theartbeat\x18\x05 \x01(\x0c\"H\n\x10\x44irectorMetadata\x12\x11\n\ttimestamp\x18\x01 \x01(\x0c\x12\x10\n\x08snapshot\x18\x02 \x01(\x0c\x12\x0f\n\x07targets\x18\x03 \x01(\x0c\"\xc3\x01\n\x0bUpdateOffer\x12\x15\n\rassignment_id\x18\x01 \x01(\t\x12.\n\x08\x64irector\x18\x02 \x01(\x0b\x32\x1c.staffel.v1.DirectorMetadata\x12\x36\n\x12install_not_before\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11install_not_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\r\n\x0bNothingToDo\"\xb2\x01\n\x0f\x43heckInResponse\x12\x30\n\rnothing_to_do\x18\x01 \x01(\x0b\x32\x17.staffel.v1.NothingToDoH\x00\x12)\n\x06update\x18\x02 \x01(\x0b\x32\x17.staffel.v1.UpdateOfferH\x00\x12\x19\n\x11next_poll_seconds\x18\x03 \x01(\r\x12\x1c\n\x14heartbeat_chain_held\x18\x04 \x01(\x08\x42\t\n\x07outcome\"\xda\x01\n\x0cVehicleEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x15\n\rassignment_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.staffel.v1.EventKind\x12-\n\x0c\x66\x61ilure_type\x18\x04 \x01(\x0e\x32\x17.staffel.v1.FailureType\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x0c\n\x04slot\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x13ReportEventsRequest\x12\x0b\n\x03vin\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.staffel.v1.VehicleEvent\"<\n\x14ReportEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r*\xac\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_KIND_CHECKED_IN\x10\x01\x12\x19\n\x15\x45VENT_KIND_DOWNLOADED\x10\x02\x12\x17\n\x13\x45VENT_KIND_VERIFIED\x10\x03\x12\x18\n\x14\x45VENT_KIND_INSTALLED\x10\x04\x12\x17\n\x13\x45VENT_KIND_REBOOTED\x10\x05\x12\x16\n\x12\x45VENT_KIND_HEALTHY\x10\x06\x12\x18\n\x14\x45VENT_KIND_COMMITTED\x10\x07\x12\x1c\n\x18\x45VENT_KIND_HEALTH_FAILED\x10\x08\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\t\x12\x15\n\x11\x45VENT_KIND_FAILED\x10\n*\xd2\x01\n\x0b\x46\x61ilureType\x12\x1c\n\x18\x46\x41ILURE_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46\x41ILURE_TYPE_DOWNLOAD\x10\x01\x12\x1d\n\x19\x46\x41ILURE_TYPE_VERIFICATION\x10\x02\x12\x18\n\x14\x46\x41ILURE_TYPE_INSTALL\x10\x03\x12\x17\n\x13\x46\x41ILURE_TYPE_HEALTH\x10\x04\x12\x1c\n\x18\x46\x41ILURE_TYPE_ROLLED_BACK\x10\x05\x12\x1a\n\x16\x46\x41ILURE_TYPE_TIMED_OUT\x10\x06\x32\xa7\x01\n\x0eVehicleService\x12\x42\n\x07\x43heckIn\x12\x1a.staffel.v1.CheckInRequest\x1a\x1b.staffel.v1.CheckInResponse\x12Q\n\x0cReportEvents\x12\x1f.staffel.v1.ReportEventsRequest\x1a .staffel.v1.ReportEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'staffel.v1.vehicle_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=1069
-  _globals['_EVENTKIND']._serialized_end=1369
-  _globals['_FAILURETYPE']._serialized_start=1372
-  _globals['_FAILURETYPE']._serialized_end=1582
+  _globals['_EVENTKIND']._serialized_start=1118
+  _globals['_EVENTKIND']._serialized_end=1418
+  _globals['_FAILURETYPE']._serialized_start=1421
+  _globals['_FAILURETYPE']._serialized_end=1631
   _globals['_ECUVERSION']._serialized_start=73
   _globals['_ECUVERSION']._serialized_end=165
   _globals['_CHECKINREQUEST']._serialized_start=167
-  _globals['_CHECKINREQUEST']._serialized_end=267
-  _globals['_DIRECTORMETADATA']._serialized_start=269
-  _globals['_DIRECTORMETADATA']._serialized_end=341
-  _globals['_UPDATEOFFER']._serialized_start=344
-  _globals['_UPDATEOFFER']._serialized_end=539
-  _globals['_NOTHINGTODO']._serialized_start=541
-  _globals['_NOTHINGTODO']._serialized_end=554
-  _globals['_CHECKINRESPONSE']._serialized_start=557
-  _globals['_CHECKINRESPONSE']._serialized_end=705
-  _globals['_VEHICLEEVENT']._serialized_start=708
-  _globals['_VEHICLEEVENT']._serialized_end=926
-  _globals['_REPORTEVENTSREQUEST']._serialized_start=928
-  _globals['_REPORTEVENTSREQUEST']._serialized_end=1004
-  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1006
-  _globals['_REPORTEVENTSRESPONSE']._serialized_end=1066
-  _globals['_VEHICLESERVICE']._serialized_start=1585
-  _globals['_VEHICLESERVICE']._serialized_end=1752
+  _globals['_CHECKINREQUEST']._serialized_end=286
+  _globals['_DIRECTORMETADATA']._serialized_start=288
+  _globals['_DIRECTORMETADATA']._serialized_end=360
+  _globals['_UPDATEOFFER']._serialized_start=363
+  _globals['_UPDATEOFFER']._serialized_end=558
+  _globals['_NOTHINGTODO']._serialized_start=560
+  _globals['_NOTHINGTODO']._serialized_end=573
+  _globals['_CHECKINRESPONSE']._serialized_start=576
+  _globals['_CHECKINRESPONSE']._serialized_end=754
+  _globals['_VEHICLEEVENT']._serialized_start=757
+  _globals['_VEHICLEEVENT']._serialized_end=975
+  _globals['_REPORTEVENTSREQUEST']._serialized_start=977
+  _globals['_REPORTEVENTSREQUEST']._serialized_end=1053
+  _globals['_REPORTEVENTSRESPONSE']._serialized_start=1055
+  _globals['_REPORTEVENTSRESPONSE']._serialized_end=1115
+  _globals['_VEHICLESERVICE']._serialized_start=1634
+  _globals['_VEHICLESERVICE']._serialized_end=1801
 # @@protoc_insertion_point(module_scope)

@@ -121,13 +121,29 @@ class CheckInRequest(_message.Message):
     ECUS_FIELD_NUMBER: _builtins.int
     NONCE_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     vin: _builtins.str
     nonce: _builtins.bytes
     """Fresh random bytes every check-in (16 to 64 bytes)."""
     manifest: _builtins.bytes
     """The vehicle version manifest (UTF-8 JSON, signed by the primary; one version report per
     ECU, each signed by that ECU's key and carrying a fresh nonce). Required once the
-    vehicle's ECUs have registered keys.
+    vehicle's ECUs have registered keys, except in a heartbeat check-in. A manifest may
+    commit to a heartbeat hash chain in its signed part:
+    "heartbeat": {"anchor": hex(h_N), "length": N}, where h_0 is 32 random bytes kept
+    secret on the vehicle and h_(i+1) = SHA-256(h_i).
+    """
+    heartbeat: _builtins.bytes
+    """A heartbeat, sent instead of a manifest (never with one) while every ECU still runs
+    what the last manifest the server confirmed (CheckInResponse.heartbeat_chain_held)
+    reported, and `ecus` say exactly that: the next unrevealed link of that manifest's
+    chain (32 bytes; h_(N-1), then h_(N-2), ...). The server accepts a link only when
+    hashing it 1 to 16 times gives the last link it accepted (the anchor at first), and
+    each link once. FAILED_PRECONDITION: this server process holds no chain of the
+    vehicle (another process, a restart) or the chain is used up; PERMISSION_DENIED: a
+    wrong or used link; INVALID_ARGUMENT: `ecus` differ from the manifest's inventory, or
+    the vehicle has no ECU keys. After any of these, check in again with a freshly
+    signed manifest (a new chain).
     """
     @_builtins.property
     def ecus(self) -> _containers.RepeatedCompositeFieldContainer[Global___EcuVersion]: ...
@@ -138,10 +154,11 @@ class CheckInRequest(_message.Message):
         ecus: _abc.Iterable[Global___EcuVersion] | None = ...,
         nonce: _builtins.bytes = ...,
         manifest: _builtins.bytes = ...,
+        heartbeat: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "manifest", b"manifest", "nonce", b"nonce", "vin", b"vin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ecus", b"ecus", "heartbeat", b"heartbeat", "manifest", b"manifest", "nonce", b"nonce", "vin", b"vin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,8 +252,14 @@ class CheckInResponse(_message.Message):
     NOTHING_TO_DO_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     NEXT_POLL_SECONDS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_CHAIN_HELD_FIELD_NUMBER: _builtins.int
     next_poll_seconds: _builtins.int
     """When to check in next."""
+    heartbeat_chain_held: _builtins.bool
+    """The server holds the heartbeat chain the check-in's manifest committed to (or the
+    chain of the heartbeat it accepted, with links left): the vehicle's next check-ins
+    may send heartbeats while its inventory stays unchanged. False: sign a manifest.
+    """
     @_builtins.property
     def nothing_to_do(self) -> Global___NothingToDo: ...
     @_builtins.property
@@ -247,10 +270,11 @@ class CheckInResponse(_message.Message):
         nothing_to_do: Global___NothingToDo | None = ...,
         update: Global___UpdateOffer | None = ...,
         next_poll_seconds: _builtins.int = ...,
+        heartbeat_chain_held: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["nothing_to_do", b"nothing_to_do", "outcome", b"outcome", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_poll_seconds", b"next_poll_seconds", "nothing_to_do", b"nothing_to_do", "outcome", b"outcome", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_chain_held", b"heartbeat_chain_held", "next_poll_seconds", b"next_poll_seconds", "nothing_to_do", b"nothing_to_do", "outcome", b"outcome", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["nothing_to_do", "update"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
