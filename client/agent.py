@@ -19,6 +19,7 @@ from pathlib import Path
 from client.config import ClientConfig
 from client.errors import (
     ClientError,
+    HeartbeatRefusedError,
     InstallError,
     ServerError,
     StateError,
@@ -40,7 +41,7 @@ from client.journal import (
     VehicleEvent,
     failure_type_of,
 )
-from client.link import UpdateOffer, VehicleLink
+from client.link import CheckInAnswer, EcuReport, UpdateOffer, VehicleLink
 from client.secondary.coordinator import Secondaries
 from client.slots import (
     BootControl,
@@ -56,6 +57,7 @@ from client.tls import grpc_credentials, ssl_context
 from client.transfer import ImageDownloader
 from client.uplink import Uplink
 from client.uptane import UptaneVerifier
+from client.uptane.heartbeat import HeartbeatChain, HeartbeatStore
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class Agent:
         say: Callable[[str], None],
         secondaries: Secondaries,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        heartbeats: HeartbeatStore | None = None,
     ) -> None:
         """Assemble an agent from its parts (see :meth:`from_config`).
 
@@ -117,6 +120,7 @@ class Agent:
             say: Prints one human line (without the VIN prefix).
             secondaries: The vehicle's secondary ECUs, seen from the primary.
             clock: The current UTC time, for event timestamps.
+            heartbeats: Where the heartbeat chain is kept (default: the state folder).
         """
         self._config = config
         self._link = link
@@ -130,6 +134,7 @@ class Agent:
         self._say = say
         self._secondaries = secondaries
         self._clock = clock
+        self._heartbeats = heartbeats or HeartbeatStore(config.state_dir)
 
     @classmethod
     def from_config(
@@ -234,8 +239,7 @@ class Agent:
         state = self._journal.read()
         active_image = self._inventory.read()[self._boot_control.read_state().committed]
         ecus = self._secondaries.ecu_reports(active_image)
-        # Signed anew each check-in: every ECU's report carries a fresh nonce.
-        answer = self._link.check_in(self._config.vin, ecus, manifest=self._secondaries.manifest)
+        answer = self._send_check_in(ecus)
         if answer.offer is None:
             if state.update is not None:
                 logger.info("assignment %s was withdrawn", state.update.assignment_id)
@@ -247,6 +251,43 @@ class Agent:
         else:
             self._take_offer(state, answer.offer)
         return answer.next_poll_seconds
+
+    def _send_check_in(self, ecus: list[EcuReport]) -> CheckInAnswer:
+        """One check-in: a heartbeat while the inventory is the one of the last manifest the
+        server holds a chain of, else (or when the server refuses the heartbeat) a freshly
+        signed manifest committing to a new chain."""
+        inventory = {ecu.serial: ecu.installed_sha256 for ecu in ecus}
+        chain = self._heartbeats.read()
+        if chain is not None and chain.usable_for(inventory):
+            chain, link = chain.advanced()
+            self._heartbeats.write(chain)  # before sending: a link is never revealed twice
+            try:
+                answer = self._link.check_in(self._config.vin, ecus, heartbeat=link)
+            except HeartbeatRefusedError as exc:
+                logger.info("%s; checking in with a signed manifest", exc)
+            else:
+                if not answer.heartbeat_chain_held:
+                    self._heartbeats.drop()  # used up: the next check-in signs
+                return answer
+        return self._signed_check_in(ecus, inventory)
+
+    def _signed_check_in(self, ecus: list[EcuReport], inventory: dict[str, str]) -> CheckInAnswer:
+        """A check-in with a manifest signed anew (every ECU's report has a fresh nonce)."""
+        if not self._secondaries.complete:
+            # A secondary sent no signed report: heartbeats could not stand for its inventory.
+            self._heartbeats.drop()
+            return self._link.check_in(
+                self._config.vin, ecus, manifest=self._secondaries.sign_manifest()
+            )
+        chain = HeartbeatChain.new(inventory)
+        manifest = self._secondaries.sign_manifest(heartbeat=chain.commitment())
+        answer = self._link.check_in(self._config.vin, ecus, manifest=manifest)
+        # Kept only once the server holds it: no link of it was revealed before.
+        if answer.heartbeat_chain_held:
+            self._heartbeats.write(dataclasses.replace(chain, held=True))
+        else:
+            self._heartbeats.drop()  # an older server, or a vehicle without keys
+        return answer
 
     def _take_offer(self, state: JournalState, offer: UpdateOffer) -> None:
         record = state.update

@@ -7,6 +7,7 @@ the boundary where they occur, so the agent only ever handles the tree below::
     ├── ConfigError            the config file is missing, unreadable or invalid
     ├── StateError             local durable state (journal, outbox, boot state) is unusable
     ├── ServerError            the server (or relay) could not be reached or refused a call
+    │   └── HeartbeatRefusedError  a heartbeat check-in was refused: sign a manifest instead
     └── UpdateError            an update failed before the boot state changed
         ├── DownloadError      the image or metadata could not be fetched completely
         │   └── TransferInterruptedError  the network failed mid-way; the download resumes later
@@ -31,6 +32,11 @@ class StateError(ClientError):
 
 class ServerError(ClientError):
     """The server (or relay) could not be reached, or it refused a call."""
+
+
+class HeartbeatRefusedError(ServerError):
+    """The server did not take a heartbeat check-in (it holds no chain of the vehicle, or
+    refused the link or the ECUs); a check-in with a signed manifest follows at once."""
 
 
 class UpdateError(ClientError):

@@ -15,11 +15,19 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
-from client.errors import ServerError
+from client.errors import HeartbeatRefusedError, ServerError
 from client.journal.events import VehicleEvent
 from client.uptane.fetcher import DirectorMetadata
 
 NONCE_BYTES = 32
+# What the server answers to a heartbeat it cannot or will not take; a signed manifest follows.
+_HEARTBEAT_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,13 @@ class CheckInAnswer:
     Attributes:
         offer: The update offered, None when there is nothing to do.
         next_poll_seconds: When to check in next (0 when the server names no interval).
+        heartbeat_chain_held: The server holds the heartbeat chain of the manifest sent
+            (or of the heartbeat it took): the next check-ins may send heartbeats.
     """
 
     offer: UpdateOffer | None
     next_poll_seconds: int
+    heartbeat_chain_held: bool = False
 
 
 class VehicleLink:
@@ -101,7 +112,12 @@ class VehicleLink:
         self._channel.close()
 
     def check_in(
-        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+        self,
+        vin: str,
+        ecus: Sequence[EcuReport],
+        *,
+        manifest: bytes = b"",
+        heartbeat: bytes = b"",
     ) -> CheckInAnswer:
         """Report what the ECUs run, with a fresh nonce, and learn whether there is work.
 
@@ -109,8 +125,10 @@ class VehicleLink:
             vin: The vehicle.
             ecus: What each ECU runs.
             manifest: The vehicle version manifest signed for this check-in.
+            heartbeat: Instead of a manifest: the next link of the heartbeat chain.
 
         Raises:
+            HeartbeatRefusedError: The server did not take the heartbeat.
             ServerError: The call failed.
         """
         request = vehicle_pb2.CheckInRequest(
@@ -126,10 +144,16 @@ class VehicleLink:
             ],
             nonce=os.urandom(NONCE_BYTES),
             manifest=manifest,
+            heartbeat=heartbeat,
         )
         try:
             response = self._stub.CheckIn(request, timeout=self._timeout)
         except grpc.RpcError as exc:
+            code = getattr(exc, "code", None)
+            if heartbeat and callable(code) and code() in _HEARTBEAT_REFUSALS:
+                raise HeartbeatRefusedError(
+                    f"heartbeat check-in at {self._target} refused: {_describe(exc)}"
+                ) from exc
             raise ServerError(f"check-in at {self._target} failed: {_describe(exc)}") from exc
         offer = None
         if response.WhichOneof("outcome") == "update":
@@ -144,7 +168,11 @@ class VehicleLink:
                 install_not_before=_window_edge(response.update, "install_not_before"),
                 install_not_after=_window_edge(response.update, "install_not_after"),
             )
-        return CheckInAnswer(offer=offer, next_poll_seconds=response.next_poll_seconds)
+        return CheckInAnswer(
+            offer=offer,
+            next_poll_seconds=response.next_poll_seconds,
+            heartbeat_chain_held=response.heartbeat_chain_held,
+        )
 
     def report_events(self, vin: str, events: Sequence[VehicleEvent]) -> None:
         """Send ``events`` in order; returns only when the server acknowledged every one.

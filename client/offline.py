@@ -107,7 +107,12 @@ class OfflineLink:
         self._offer = offer
 
     def check_in(
-        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+        self,
+        vin: str,
+        ecus: Sequence[EcuReport],
+        *,
+        manifest: bytes = b"",
+        heartbeat: bytes = b"",
     ) -> CheckInAnswer:
         """Return the folder's offer."""
         return CheckInAnswer(offer=self._offer, next_poll_seconds=0)

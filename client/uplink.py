@@ -13,9 +13,15 @@ class Uplink(Protocol):
     """Where check-ins and event reports go: the relay or server, or an offline source."""
 
     def check_in(
-        self, vin: str, ecus: Sequence[EcuReport], *, manifest: bytes = b""
+        self,
+        vin: str,
+        ecus: Sequence[EcuReport],
+        *,
+        manifest: bytes = b"",
+        heartbeat: bytes = b"",
     ) -> CheckInAnswer:
-        """Report the installed images (and the signed version manifest); learn the offer."""
+        """Report the installed images (and the signed version manifest, or a heartbeat
+        instead); learn the offer."""
         ...
 
     def report_events(self, vin: str, events: Sequence[VehicleEvent]) -> None:

@@ -58,8 +58,11 @@ class Secondaries:
         self._state_path = config.state_dir / STATE_FILE
         self._staging = config.state_dir / STAGING
         self._channels: dict[str, grpc.Channel] = {}
-        # The vehicle version manifest :meth:`ecu_reports` signed last (sent at check-in).
-        self.manifest = b""
+        # What :meth:`ecu_reports` collected last, for :meth:`sign_manifest`.
+        self._primary_image: Image | None = None
+        self._secondary_reports: list[dict[str, Any]] = []
+        # Every ECU sent its signed report at the last :meth:`ecu_reports`.
+        self.complete = False
 
     def close(self) -> None:
         """Close the channels."""
@@ -221,17 +224,17 @@ class Secondaries:
                 path.unlink()
 
     def ecu_reports(self, primary_image: Image | None) -> list[EcuReport]:
-        """What each ECU runs, for the check-in; also writes the vehicle version manifest.
+        """What each ECU runs, for the check-in (asks each secondary for its signed report).
 
-        The manifest (``manifest.json`` in the state folder) holds every ECU's signed
-        version report: the primary's, signed with its key, and each secondary's, as the
-        secondary signed it. A secondary that does not answer reports nothing installed.
+        A secondary that does not answer reports nothing installed (and :attr:`complete`
+        is then False). :meth:`sign_manifest` signs the vehicle version manifest of what
+        this collected.
         """
         primary = self._config.primary_ecu
         reports = [
             EcuReport(primary.serial, primary.hardware_id, _sha(primary_image), primary=True)
         ]
-        signed = [self._primary_report(primary_image)]
+        signed: list[dict[str, Any]] = []
         for ecu in self._config.secondary_ecus:
             installed = ""
             try:
@@ -243,10 +246,26 @@ class Secondaries:
             except grpc.RpcError as exc:
                 logger.warning("secondary %s sends no version report: %s", ecu.serial, exc)
             reports.append(EcuReport(ecu.serial, ecu.hardware_id, installed, primary=False))
-        manifest = vehicle_manifest(self._config.vin, primary.serial, signed, self._key())
-        write_atomically(self._config.state_dir / "manifest.json", manifest)
-        self.manifest = manifest
+        self._primary_image = primary_image
+        self._secondary_reports = signed
+        self.complete = len(signed) == len(self._config.secondary_ecus)
         return reports
+
+    def sign_manifest(self, *, heartbeat: dict[str, Any] | None = None) -> bytes:
+        """The vehicle version manifest of the last :meth:`ecu_reports`, signed now.
+
+        It holds every ECU's signed version report: the primary's, signed with its key
+        now (a fresh nonce), and each secondary's, as the secondary signed it; and the
+        ``heartbeat`` commitment when given. Also written to ``manifest.json`` in the
+        state folder.
+        """
+        primary = self._config.primary_ecu
+        signed = [self._primary_report(self._primary_image), *self._secondary_reports]
+        manifest = vehicle_manifest(
+            self._config.vin, primary.serial, signed, self._key(), heartbeat=heartbeat
+        )
+        write_atomically(self._config.state_dir / "manifest.json", manifest)
+        return manifest
 
     def _key(self) -> EcuKey:
         provisioned = self._config.primary_ecu.key_file

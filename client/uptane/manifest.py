@@ -151,12 +151,31 @@ def sign_report(signed: dict[str, Any], key: EcuKey) -> dict[str, Any]:
 
 
 def vehicle_manifest(
-    vin: str, primary_serial: str, reports: list[dict[str, Any]], primary_key: EcuKey
+    vin: str,
+    primary_serial: str,
+    reports: list[dict[str, Any]],
+    primary_key: EcuKey,
+    *,
+    heartbeat: dict[str, Any] | None = None,
 ) -> bytes:
     """The vehicle version manifest: every signed ECU report, signed by the primary.
+
+    Args:
+        vin: The vehicle.
+        primary_serial: The primary ECU's serial.
+        reports: Every ECU's signed version report.
+        primary_key: The primary's key.
+        heartbeat: The commitment to a heartbeat chain
+            (``client.uptane.heartbeat.HeartbeatChain.commitment``), signed with the rest.
 
     Returns:
         The manifest as sent in ``CheckInRequest.manifest`` (UTF-8 JSON).
     """
-    signed = {"vin": vin, "primary_ecu_serial": primary_serial, "ecu_version_reports": reports}
+    signed: dict[str, Any] = {
+        "vin": vin,
+        "primary_ecu_serial": primary_serial,
+        "ecu_version_reports": reports,
+    }
+    if heartbeat is not None:
+        signed["heartbeat"] = heartbeat
     return json.dumps(sign_report(signed, primary_key), sort_keys=True).encode()
