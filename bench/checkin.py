@@ -4,7 +4,8 @@
 
 Starts ``staffel-server`` (SQLite in a temporary folder, or an empty database at
 ``--database-url``), registers 100,000 vehicles (``--small``: 5,000) through the fleet CSV
-import, and starts a campaign for a tenth of them (``--small``: 1,500). Load generators
+import, and starts a campaign for 5,000 of them (``--small``: 500), and later a second
+campaign for 10,000 more (``--small``: 1,000). Load generators
 (``--clients`` processes, each with several gRPC channels over loopback and many calls in
 flight) then measure, each for ``--seconds``:
 
@@ -17,9 +18,13 @@ flight) then measure, each for ``--seconds``:
   the window opens, so their signing does not take the server's CPU);
 - assignment check-ins: first offers with the Director metadata signed at the check-in
   (three Ed25519 signatures and a database write; the server started with
-  ``--presign-interval 0``), first offers after the server pre-signed the released
-  assignments in the background (the default; the bench waits until its metrics say it
-  is done and reports how fast it signed), and repeat offers (the stored metadata);
+  ``--presign-interval 0``, first campaign), repeat offers (the stored metadata), and
+  first offers after the server pre-signed the released assignments in the background
+  (the default; restarted with it, the second campaign is started, and the bench waits
+  until the server's metrics say it is done and reports how fast it signed): for half of
+  the second campaign's vehicles, which checked in ("nothing to do") before it started,
+  as a fleet polling every few minutes does, and for the other half, never seen by the
+  server process before their first offer;
 - the baseline and quiet check-ins again with one and then two server processes sharing
   the port (``staffel-server --reuse-port``), driven once by the Python load generators
   and once by h2load (nghttp2's C load generator, Debian's nghttp2-client, installed when
@@ -100,7 +105,7 @@ class Sizes:
     """How big one run is."""
 
     fleet: int
-    assigned: int  # the first vehicles of the fleet: in the campaign
+    assigned: int  # the first vehicles of the fleet: in the two campaigns (later_wave)
     working_set: int  # quiet vehicles the load cycles through
     signed: int  # vehicles provisioned with an ECU key (signed manifests)
     seconds: float
@@ -362,11 +367,55 @@ async def _image() -> AsyncIterator[release_pb2.UploadImageChunk]:
     yield release_pb2.UploadImageChunk(data=b"gateway firmware 2.0\n" * 1000)
 
 
-async def prepare(target: str, manager: str, approver: str, sizes: Sizes) -> float:
-    """Imports the fleet and starts the campaign; returns the import's seconds."""
+def later_wave(sizes: Sizes) -> tuple[list[int], list[int], list[int]]:
+    """The assigned vehicles in three groups: the campaign started at once, and the second
+    campaign's vehicles that poll before it starts and that it finds never seen."""
+    third = sizes.assigned // 3
+    return (
+        list(range(third)),
+        list(range(third, 2 * third)),
+        list(range(2 * third, sizes.assigned)),
+    )
+
+
+async def start_campaign(
+    channel: grpc.aio.Channel, manager: str, approver: str, bundle_id: int, tag: str
+) -> None:
+    """Creates, approves and starts a one-wave campaign for the vehicles tagged ``tag``."""
+    as_manager = [("authorization", f"Bearer {manager}")]
+    campaigns = campaign_pb2_grpc.CampaignServiceStub(channel)
+    created = await campaigns.CreateCampaign(
+        campaign_pb2.CreateCampaignRequest(
+            name=f"gw-2-{tag}",
+            bundle_id=bundle_id,
+            selector=campaign_pb2.FleetSelector(tags=[tag]),
+            waves=[campaign_pb2.WaveSpec(percent=100)],
+        ),
+        metadata=as_manager,
+    )
+    await campaigns.ApproveCampaign(
+        campaign_pb2.CampaignAction(campaign_id=created.campaign_id),
+        metadata=[("authorization", f"Bearer {approver}")],
+    )
+    await campaigns.StartCampaign(
+        campaign_pb2.StartCampaignRequest(campaign_id=created.campaign_id),
+        metadata=as_manager,
+    )
+
+
+async def start_later_campaign(target: str, manager: str, approver: str, bundle_id: int) -> None:
+    """Starts the second campaign (the vehicles tagged ``later``)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        await start_campaign(channel, manager, approver, bundle_id, "later")
+
+
+async def prepare(target: str, manager: str, approver: str, sizes: Sizes) -> tuple[float, int]:
+    """Imports the fleet and starts the first campaign; returns the import's seconds and
+    the bundle's id."""
+    first, _, _ = later_wave(sizes)
     rows = ["vin,model,region,site,tags,ecus"]
     for n in range(sizes.fleet):
-        tag = "assign" if n < sizes.assigned else "quiet"
+        tag = "assign" if n < len(first) else "later" if n < sizes.assigned else "quiet"
         rows.append(f"{vin(n)},sedan,eu,plant-{n % 7},{tag},gw-{n}:{HARDWARE}:primary")
     data = ("\n".join(rows) + "\n").encode()
     as_manager = [("authorization", f"Bearer {manager}")]
@@ -396,25 +445,8 @@ async def prepare(target: str, manager: str, approver: str, sizes: Sizes) -> flo
                 ),
                 metadata=as_manager,
             )  # fmt: skip
-        campaigns = campaign_pb2_grpc.CampaignServiceStub(channel)
-        created = await campaigns.CreateCampaign(
-            campaign_pb2.CreateCampaignRequest(
-                name="gw-2",
-                bundle_id=bundle.bundle_id,
-                selector=campaign_pb2.FleetSelector(tags=["assign"]),
-                waves=[campaign_pb2.WaveSpec(percent=100)],
-            ),
-            metadata=as_manager,
-        )
-        await campaigns.ApproveCampaign(
-            campaign_pb2.CampaignAction(campaign_id=created.campaign_id),
-            metadata=[("authorization", f"Bearer {approver}")],
-        )
-        await campaigns.StartCampaign(
-            campaign_pb2.StartCampaignRequest(campaign_id=created.campaign_id),
-            metadata=as_manager,
-        )
-    return import_seconds
+        await start_campaign(channel, manager, approver, bundle.bundle_id, "assign")
+    return import_seconds, bundle.bundle_id
 
 
 def manifest_figures(root: Path, rounds: int) -> list[tuple[str, float]]:
@@ -522,24 +554,25 @@ def _metric(http_port: int, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def wait_presigned(http_port: int) -> tuple[int, float]:
-    """Waits until a server started after the release has pre-signed it all.
+def wait_presigned(http_port: int, released: int) -> tuple[int, float]:
+    """Waits until the server has pre-signed the ``released`` assignments just released.
 
-    Its first finished round saw every released assignment, so one round with nothing
-    left waiting is enough. Returns (vehicles signed, seconds since the call, which
-    include the server's first ``--presign-interval``).
+    Done when it signed that many more, or when a round begun after the release ended
+    with nothing left waiting. Returns (vehicles signed, seconds since the call, which
+    include the wait for the server's next round).
     """
     started = time.monotonic()
+    signed_before = _metric(http_port, "staffel_director_presigned_total")
+    rounds_before = _metric(http_port, "staffel_director_presign_rounds_total")
     while True:
-        rounds = _metric(http_port, "staffel_director_presign_rounds_total")
+        signed = int(_metric(http_port, "staffel_director_presigned_total") - signed_before)
+        rounds = _metric(http_port, "staffel_director_presign_rounds_total") - rounds_before
         waiting = _metric(http_port, "staffel_director_presign_waiting")
-        if rounds >= 1 and waiting == 0:
-            break
+        if signed >= released or (rounds >= 2 and waiting == 0):
+            return signed, time.monotonic() - started
         if time.monotonic() - started > 1800:
             raise SystemExit("pre-signing did not finish within 30 minutes")
         time.sleep(0.2)
-    signed = int(_metric(http_port, "staffel_director_presigned_total"))
-    return signed, time.monotonic() - started
 
 
 def table(title: str, figures: Sequence[Figure], baseline: float) -> None:
@@ -587,7 +620,7 @@ def run(sizes: Sizes, database_url: str | None) -> None:
         server = Server(root, "server", [*common, "--presign-interval", "0"])
         manager = _token(data_dir, database_url, "bench-manager", "release_manager")
         approver = _token(data_dir, database_url, "bench-approver", "approver")
-        import_seconds = asyncio.run(prepare(target, manager, approver, sizes))
+        import_seconds, bundle_id = asyncio.run(prepare(target, manager, approver, sizes))
         print(
             f"fleet: {sizes.fleet:,} vehicles imported in {import_seconds:.1f} s; "
             f"{sizes.assigned:,} in a running campaign; database: "
@@ -595,7 +628,6 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             f"{sizes.clients} load processes x {sizes.concurrency} calls in flight"
         )
         quiet = list(range(sizes.assigned, sizes.assigned + sizes.working_set))
-        assigned = list(range(sizes.assigned))
         context = get_context("spawn")
         with ProcessPoolExecutor(max_workers=sizes.clients, mp_context=context) as pool:
             one = [server]
@@ -617,12 +649,12 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                 pool, one, target, name="signed manifest, nothing to do, memory",
                 kind="quiet", numbers=signed, sizes=sizes, signed=True,
             )  # fmt: skip
-            half = len(assigned) // 2
+            at_once, polled, unseen = later_wave(sizes)
             first = measure(
                 pool, one, target, name="first offer, signed at check-in", kind="first",
-                numbers=assigned[:half], sizes=sizes,
+                numbers=at_once, sizes=sizes,
             )  # fmt: skip
-            offered = assigned[: first.calls]
+            offered = at_once[: first.calls]
             repeat = measure(
                 pool, one, target, name="assignment, repeat offer", kind="repeat",
                 numbers=offered, sizes=sizes,
@@ -632,24 +664,32 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                 numbers=quiet, sizes=sizes,
             )  # fmt: skip
             server.stop()
-            # The same database with pre-signing on: it signs the other half's offers.
+            # The same database with pre-signing on. As in the field, most vehicles of a
+            # wave polled ("nothing to do") before it opened; the rest were never seen by
+            # this process (it restarted, or they were off).
             server = Server(root, "presigning", common)
-            presigned, presign_seconds = wait_presigned(http_port)
-            first_presigned = measure(
-                pool, [server], target, name="first offer, pre-signed", kind="first",
-                numbers=assigned[half:], sizes=sizes,
+            warm(pool, target, polled, sizes, name="second campaign's vehicles, before it")
+            asyncio.run(start_later_campaign(target, manager, approver, bundle_id))
+            presigned, presign_seconds = wait_presigned(http_port, len(polled) + len(unseen))
+            first_polled = measure(
+                pool, [server], target, name="first offer, pre-signed, polled before",
+                kind="first", numbers=polled, sizes=sizes,
+            )  # fmt: skip
+            first_unseen = measure(
+                pool, [server], target, name="first offer, pre-signed, never seen",
+                kind="first", numbers=unseen, sizes=sizes,
             )  # fmt: skip
             server.stop()
             baseline = (noop.rate + noop2.rate) / 2
             table(
                 "One server process (ratios against the mean of the two no-op rows)",
                 [noop, cold, warm_quiet, signed_cold, signed_quiet, first, repeat, noop2,
-                 first_presigned],
+                 first_polled, first_unseen],
                 baseline,
             )  # fmt: skip
             print(
-                f"  pre-signing after a restart: {presigned:,} vehicles' Director metadata in "
-                f"{presign_seconds:.1f} s, the first 2 s interval included "
+                f"  pre-signing the second campaign: {presigned:,} vehicles' Director metadata "
+                f"in {presign_seconds:.1f} s from its start "
                 f"({presigned / presign_seconds:.0f}/s; it takes at most half of one thread)"
             )
 
@@ -747,7 +787,8 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             f"{signed_ratio:.2f} with a signed manifest "
             f"({'met' if min(ratio, signed_ratio) >= 0.8 else 'not met'}); "
             f"assignment >= 1,000/s: first {first.rate:.0f}/s signed at check-in, "
-            f"{first_presigned.rate:.0f}/s pre-signed, repeat {repeat.rate:.0f}/s "
+            f"{first_polled.rate:.0f}/s pre-signed ({first_unseen.rate:.0f}/s for vehicles "
+            f"never seen), repeat {repeat.rate:.0f}/s "
             f"({light[1][2].rate:.0f}/s with h2load); "
             f"1 -> 2 processes >= 1.7x with h2load: nothing to do {light_scaling:.2f}x "
             f"({'met' if light_scaling >= 1.7 else 'not met'}), repeat offer "
@@ -768,7 +809,7 @@ def main() -> int:
     if args.small:
         sizes = Sizes(5_000, 1_500, 3_500, 500, 3.0, args.clients, args.concurrency)
     else:
-        sizes = Sizes(100_000, 10_000, 20_000, 2_000, 10.0, args.clients, args.concurrency)
+        sizes = Sizes(100_000, 15_000, 20_000, 2_000, 10.0, args.clients, args.concurrency)
     if args.seconds:
         sizes = replace(sizes, seconds=args.seconds)
     run(sizes, args.database_url)
