@@ -4,7 +4,10 @@
 were sent (an INVALID_ARGUMENT stays INVALID_ARGUMENT). Each answer is kept, and while the
 uplink is down a vehicle gets its latest answer again: its assignment and the Director
 metadata signed centrally for it, whose expiry bounds how long that remains usable. A vehicle
-the relay never saw gets UNAVAILABLE and retries later.
+the relay never saw gets UNAVAILABLE and retries later. Heartbeat check-ins (a link of the
+hash chain the vehicle's signed manifest committed to) pass through unchanged and unchecked
+(only the server holds the chain); one answered from the cache spends a link the server
+never saw, which it skips (up to its bound) or the vehicle falls back to a signed manifest.
 
 ``ReportEvents`` is acknowledged once the events are durably queued at the relay; the
 ``EventUplink`` forwards them in order, exactly once (see ``server.relay.outbox``).

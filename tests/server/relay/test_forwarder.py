@@ -180,3 +180,24 @@ async def test_grpc_health_reports_serving(relay: Relay) -> None:
         for service in ("", "staffel.v1.VehicleService"):
             answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_heartbeats_pass_through_unchanged_and_an_outage_answers_from_the_cache(
+    vehicle: vehicle_pb2_grpc.VehicleServiceAsyncStub,
+    upstream_grpc: UpstreamGRPC,
+    metric: Callable[..., float],
+) -> None:
+    """The relay checks no heartbeat (only the server holds the chain); it forwards it.
+
+    While the uplink is down a heartbeat gets the vehicle's last answer like any check-in;
+    the link is then spent on the vehicle's side only, and the server takes a later link
+    that skips it (within its bound) or the vehicle falls back to a signed manifest.
+    """
+    request = _check_in(VIN)
+    request.heartbeat = bytes(range(32))
+    known = await vehicle.CheckIn(request, timeout=5)
+    assert upstream_grpc.service.check_ins == [request]
+    await upstream_grpc.stop()
+    request.heartbeat = bytes(range(1, 33))
+    assert await vehicle.CheckIn(request, timeout=5) == known
+    assert metric("staffel_relay_checkins_from_cache_total") == 1
