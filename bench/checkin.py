@@ -557,9 +557,10 @@ def _metric(http_port: int, name: str) -> float:
 def wait_presigned(http_port: int, released: int) -> tuple[int, float]:
     """Waits until the server has pre-signed the ``released`` assignments just released.
 
-    Done when it signed that many more, or when a round begun after the release ended
-    with nothing left waiting. Returns (vehicles signed, seconds since the call, which
-    include the wait for the server's next round).
+    Done when nothing is left waiting after a round that ended after the release and
+    signed that many more, or after two such rounds (some may have been signed before).
+    Returns (vehicles signed, seconds since the call, which include the wait for the
+    server's next round).
     """
     started = time.monotonic()
     signed_before = _metric(http_port, "staffel_director_presigned_total")
@@ -568,7 +569,7 @@ def wait_presigned(http_port: int, released: int) -> tuple[int, float]:
         signed = int(_metric(http_port, "staffel_director_presigned_total") - signed_before)
         rounds = _metric(http_port, "staffel_director_presign_rounds_total") - rounds_before
         waiting = _metric(http_port, "staffel_director_presign_waiting")
-        if signed >= released or (rounds >= 2 and waiting == 0):
+        if waiting == 0 and (rounds >= 2 or (rounds >= 1 and signed >= released)):
             return signed, time.monotonic() - started
         if time.monotonic() - started > 1800:
             raise SystemExit("pre-signing did not finish within 30 minutes")
