@@ -15,7 +15,10 @@ flight) then measure, each for ``--seconds``:
   started or the offer epoch moved) and from memory (every later one), for vehicles
   imported without ECU keys and for vehicles provisioned with a key whose every check-in
   carries a signed version manifest (one ECU; pre-signed by the load generators before
-  the window opens, so their signing does not take the server's CPU);
+  the window opens, so their signing does not take the server's CPU); and the same
+  vehicles with heartbeats: each load process first checks each of its vehicles in once
+  with a signed manifest committing to a hash chain (checked to be held by the server),
+  then the window sends each vehicle's chain links in order instead of manifests;
 - assignment check-ins: first offers with the Director metadata signed at the check-in
   (three Ed25519 signatures and a database write; the server started with
   ``--presign-interval 0``, first campaign), repeat offers (the stored metadata), and
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import re
 import resource
@@ -80,6 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from debian_tools import debian_tool  # bench/, the script's own folder
 
+from client.uptane.heartbeat import HeartbeatChain
 from client.uptane.manifest import EcuKey, ecu_version_report, sign_report, vehicle_manifest
 from keys.keyset import init_keyset
 from server.repository.manifests import verify_manifest
@@ -93,6 +98,9 @@ HARDWARE = "gw-x1"
 SIGNED_BASE = 900_000_000  # numbers of the vehicles provisioned with ECU keys start here
 SIGNING_US = 400  # a load generator's pre-signing cost per manifest, for its lead time
 MAX_RATE = 3_000  # calls/s a window is pre-signed for; beyond it manifests are signed live
+# Calls/s a heartbeat window is sized for: several times what 2 cores answer, so no chain
+# runs out (one that would stops the bench with a message).
+HEARTBEAT_RATE = 20_000
 
 
 def vin(n: int) -> str:
@@ -180,7 +188,7 @@ H2LOAD_NONCE = bytes(range(16))
 
 
 def check_in_request(
-    n: int, manifest: bytes = b"", nonce: bytes | None = None
+    n: int, manifest: bytes = b"", nonce: bytes | None = None, heartbeat: bytes = b""
 ) -> vehicle_pb2.CheckInRequest:
     """What virtual vehicle ``n`` sends (one gateway ECU, nothing installed yet)."""
     return vehicle_pb2.CheckInRequest(
@@ -188,6 +196,7 @@ def check_in_request(
         nonce=nonce or os.urandom(16),
         ecus=[vehicle_pb2.EcuVersion(serial=f"gw-{n}", hardware_id=HARDWARE, primary=True)],
         manifest=manifest,
+        heartbeat=heartbeat,
     )
 
 
@@ -197,10 +206,32 @@ def ecu_key(n: int) -> EcuKey:
     return EcuKey(CryptoSigner(ed25519.Ed25519PrivateKey.from_private_bytes(seed)))
 
 
-def signed_manifest(n: int, key: EcuKey) -> bytes:
-    """A fresh version manifest of signed vehicle ``n`` (its gateway, nothing installed)."""
+def signed_manifest(n: int, key: EcuKey, chain: HeartbeatChain | None = None) -> bytes:
+    """A fresh version manifest of signed vehicle ``n`` (its gateway, nothing installed),
+    committing to ``chain`` when given."""
     report = sign_report(ecu_version_report(f"gw-{n}", "", 0, ""), key)
-    return vehicle_manifest(vin(n), f"gw-{n}", [report], key)
+    heartbeat = chain.commitment() if chain is not None else None
+    return vehicle_manifest(vin(n), f"gw-{n}", [report], key, heartbeat=heartbeat)
+
+
+def heartbeat_chain(n: int, length: int) -> HeartbeatChain:
+    """Signed vehicle ``n``'s heartbeat chain, from a seed derived from ``n`` (every load
+    process makes the same one: the warm pass commits to it, the window walks it)."""
+    seed = hashlib.sha256(f"staffel bench heartbeat {n}".encode()).digest()
+    return HeartbeatChain(seed, length, 0, {f"gw-{n}": ""}, held=True)
+
+
+def chain_links(chain: HeartbeatChain) -> list[bytes]:
+    """The links a vehicle reveals, in order: h_(N-1), h_(N-2), ..., h_0."""
+    links = [chain.seed]
+    for _ in range(chain.length - 1):
+        links.append(hashlib.sha256(links[-1]).digest())
+    return links[::-1]
+
+
+def heartbeat_length(sizes: Sizes, vehicles: int) -> int:
+    """Links per chain so that a window at ``HEARTBEAT_RATE`` calls/s never runs out."""
+    return -(-HEARTBEAT_RATE * int(sizes.seconds + 1) // vehicles) + 1
 
 
 @dataclass(frozen=True)
@@ -214,6 +245,7 @@ class Load:
     seconds: float
     concurrency: int
     manifests_per_vehicle: int = 0  # > 0: signed vehicles, manifests pre-signed per vehicle
+    heartbeat_links: int = 0  # > 0: manifests commit to chains of this length (heartbeat walks)
 
 
 async def _drive(load: Load) -> tuple[int, int, list[float], float]:
@@ -228,10 +260,16 @@ async def _drive(load: Load) -> tuple[int, int, list[float], float]:
     health = [health_pb2_grpc.HealthStub(c) for c in channels]
     vehicles = [vehicle_pb2_grpc.VehicleServiceStub(c) for c in channels]
     once = kind in ("first", "first_quiet")
-    expected = "nothing_to_do" if kind in ("quiet", "first_quiet") else "update"
+    expected = "nothing_to_do" if kind in ("quiet", "first_quiet", "heartbeat") else "update"
+    chains = {n: heartbeat_chain(n, load.heartbeat_links) for n in numbers}
+    committing = load.heartbeat_links > 0 and kind == "first_quiet"
+    walks = {n: iter(chain_links(c)) for n, c in chains.items()} if kind == "heartbeat" else {}
     keys = {n: ecu_key(n) for n in numbers} if load.manifests_per_vehicle else {}
     ready = {
-        n: [signed_manifest(n, key) for _ in range(load.manifests_per_vehicle)]
+        n: [
+            signed_manifest(n, key, chains[n] if committing else None)
+            for _ in range(load.manifests_per_vehicle)
+        ]
         for n, key in keys.items()
     }
     latencies: list[float] = []
@@ -255,12 +293,21 @@ async def _drive(load: Load) -> tuple[int, int, list[float], float]:
                     await health[lane_no].Check(health_pb2.HealthCheckRequest(service=""))
                     good = True
                 else:
-                    manifest = b""
+                    manifest = heartbeat = b""
                     if n in keys:
                         pool = ready[n]
                         manifest = pool.pop(0) if pool else signed_manifest(n, keys[n])
-                    answer = await vehicles[lane_no].CheckIn(check_in_request(n, manifest))
+                    if walks:
+                        heartbeat = next(walks[n], b"")
+                        if not heartbeat:
+                            raise RuntimeError(
+                                f"the heartbeat chain of vehicle {n} ran out: raise HEARTBEAT_RATE"
+                            )
+                    request = check_in_request(n, manifest, heartbeat=heartbeat)
+                    answer = await vehicles[lane_no].CheckIn(request)
                     good = answer.WhichOneof("outcome") == expected
+                    # A committing manifest must leave the chain held for the window.
+                    good = good and (answer.heartbeat_chain_held or not committing)
             except grpc.aio.AioRpcError:
                 good = False
             done = time.time()
@@ -292,6 +339,7 @@ def measure(
     numbers: list[int],
     sizes: Sizes,
     signed: bool = False,
+    heartbeat_links: int = 0,
 ) -> Figure:
     """Runs every load generator over one window, each on its own share of ``numbers``."""
     window = sizes.seconds
@@ -301,7 +349,17 @@ def measure(
     shares = [numbers[i :: sizes.clients] for i in range(sizes.clients)]
     futures = [
         pool.submit(
-            drive, Load(target, kind, share, start_at, window, sizes.concurrency, per_vehicle)
+            drive,
+            Load(
+                target,
+                kind,
+                share,
+                start_at,
+                window,
+                sizes.concurrency,
+                per_vehicle,
+                heartbeat_links=heartbeat_links,
+            ),
         )
         for share in shares
     ]
@@ -330,15 +388,29 @@ def warm(
     *,
     signed: bool = False,
     name: str = "nothing to do, from the database",
+    heartbeat_links: int = 0,
 ) -> Figure:
-    """One pass of quiet check-ins over ``numbers`` (each from the database): timed."""
+    """One pass of quiet check-ins over ``numbers`` (each from the database): timed.
+
+    With ``heartbeat_links`` each signed manifest commits to the vehicle's heartbeat chain,
+    and an answer counts as good only when the server holds it.
+    """
     per_vehicle = 1 if signed else 0
     start_at = time.time() + 2.0 + len(numbers) / sizes.clients * SIGNING_US / 1e6 * per_vehicle
     shares = [numbers[i :: sizes.clients] for i in range(sizes.clients)]
     futures = [
         pool.submit(
             drive,
-            Load(target, "first_quiet", share, start_at, 3600.0, sizes.concurrency, per_vehicle),
+            Load(
+                target,
+                "first_quiet",
+                share,
+                start_at,
+                3600.0,
+                sizes.concurrency,
+                per_vehicle,
+                heartbeat_links=heartbeat_links,
+            ),
         )
         for share in shares
     ]
@@ -580,12 +652,12 @@ def table(title: str, figures: Sequence[Figure], baseline: float) -> None:
     """Prints one table; ``baseline`` is the no-op rate the ratios refer to."""
     print(f"\n{title}")
     print(
-        f"  {'call':<38} {'calls/s':>9} {'x no-op':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"  {'call':<42} {'calls/s':>9} {'x no-op':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv CPU us':>10} {'errors':>6}"
     )
     for f in figures:
         print(
-            f"  {f.name:<38} {f.rate:>9.0f} {f.rate / baseline:>8.2f} {f.percentile(50):>8.2f} "
+            f"  {f.name:<42} {f.rate:>9.0f} {f.rate / baseline:>8.2f} {f.percentile(50):>8.2f} "
             f"{f.percentile(99):>8.2f} {f.cpu_per_call_us:>10.0f} {f.errors:>6}"
         )
 
@@ -650,6 +722,21 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                 pool, one, target, name="signed manifest, nothing to do, memory",
                 kind="quiet", numbers=signed, sizes=sizes, signed=True,
             )  # fmt: skip
+            # The same vehicles: one manifest each committing to a chain, then heartbeats.
+            links = heartbeat_length(sizes, len(signed))
+            committed = warm(
+                pool, target, signed, sizes, signed=True, heartbeat_links=links,
+                name="signed manifest committing to a chain",
+            )  # fmt: skip
+            if committed.errors or committed.calls != len(signed):
+                raise SystemExit(
+                    f"{committed.errors} of {committed.calls} manifests committing to a "
+                    f"heartbeat chain were not answered 'nothing to do' with the chain held"
+                )
+            signed_heartbeat = measure(
+                pool, one, target, name="signed manifest, nothing to do, heartbeat",
+                kind="heartbeat", numbers=signed, sizes=sizes, heartbeat_links=links,
+            )  # fmt: skip
             at_once, polled, unseen = later_wave(sizes)
             first = measure(
                 pool, one, target, name="first offer, signed at check-in", kind="first",
@@ -684,7 +771,8 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             baseline = (noop.rate + noop2.rate) / 2
             table(
                 "One server process (ratios against the mean of the two no-op rows)",
-                [noop, cold, warm_quiet, signed_cold, signed_quiet, first, repeat, noop2,
+                [noop, cold, warm_quiet, signed_cold, signed_quiet, signed_heartbeat, first,
+                 repeat, noop2,
                  first_polled, first_unseen],
                 baseline,
             )  # fmt: skip
@@ -783,10 +871,12 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             print(f"  {label:<48} {micros:>8.0f}")
         ratio = warm_quiet.rate / baseline
         signed_ratio = signed_quiet.rate / baseline
+        heartbeat_ratio = signed_heartbeat.rate / baseline
         print(
             f"\nGoals: nothing to do >= 0.8 x no-op: {ratio:.2f} without keys, "
-            f"{signed_ratio:.2f} with a signed manifest "
-            f"({'met' if min(ratio, signed_ratio) >= 0.8 else 'not met'}); "
+            f"{heartbeat_ratio:.2f} with keys and a heartbeat "
+            f"({'met' if min(ratio, heartbeat_ratio) >= 0.8 else 'not met'}; "
+            f"{signed_ratio:.2f} when every check-in signs a manifest); "
             f"assignment >= 1,000/s: first {first.rate:.0f}/s signed at check-in, "
             f"{first_polled.rate:.0f}/s pre-signed ({first_unseen.rate:.0f}/s for vehicles "
             f"never seen), repeat {repeat.rate:.0f}/s "
