@@ -22,7 +22,7 @@ from server.errors import FailedPreconditionError, InvalidArgumentError, Staffel
 from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
 from server.repository.director import Director
-from server.repository.manifest_gate import ManifestGate
+from server.repository.manifest_gate import AcceptedHeartbeat, ManifestGate
 from server.repository.manifests import VerifiedManifest
 from server.store import Database
 
@@ -103,14 +103,16 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
             # A vehicle new to this process: admitted in the check-in's own thread hop.
-            result, held = await self._in_thread(partial(self._admit_and_check_in, request, ecus))
-            return self._answer(result, chain_held=held)
+            result = await self._in_thread(partial(self._admit_and_check_in, request, ecus))
+            return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(
             request.vin, request.manifest, ecus, quiet=likely_quiet
         )
-        result = await self._check_in_admitted(request, ecus, manifest, quiet=likely_quiet)
-        return self._answer(result, chain_held=_commits(manifest))
+        # A manifest committing to a heartbeat chain is stored (the chain is held then).
+        quiet = likely_quiet and (manifest is None or manifest.heartbeat is None)
+        result = await self._check_in_admitted(request, ecus, manifest, quiet=quiet)
+        return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
 
     async def _heartbeat_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
@@ -120,6 +122,10 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             accepted = self._manifests.admit_heartbeat(
                 request.vin, request.manifest, request.heartbeat, ecus
             )
+            quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
+            result = await self._check_in_admitted(
+                request, ecus, None, quiet=quiet, heartbeat=accepted
+            )
         except FailedPreconditionError:
             self._metrics.heartbeats.labels("fell_back").inc()
             raise
@@ -127,8 +133,6 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             self._metrics.heartbeats.labels("refused").inc()
             raise
         self._metrics.heartbeats.labels("accepted").inc()
-        quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
-        result = await self._check_in_admitted(request, ecus, None, quiet=quiet)
         return self._answer(result, chain_held=accepted.remaining > 0)
 
     async def _check_in_admitted(
@@ -138,6 +142,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         manifest: VerifiedManifest | None,
         *,
         quiet: bool,
+        heartbeat: AcceptedHeartbeat | None = None,
     ) -> CheckInResult:
         """The check-in of an admitted request: from memory when quiet, else the database."""
         result: CheckInResult | None = None
@@ -155,7 +160,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         if result is None:
             # One worker-thread hop: the manifest is stored before the Director is asked.
             result = await self._in_thread(
-                partial(self._record_and_check_in, request, ecus, manifest)
+                partial(self._record_and_check_in, request, ecus, manifest, heartbeat)
             )
         return result
 
@@ -165,21 +170,22 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
 
     def _admit_and_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
-    ) -> tuple[CheckInResult, bool]:
-        """Admits the manifest, stores it and checks in: blocking, for a worker thread.
-
-        Returns the result and whether the gate now holds the manifest's heartbeat chain.
-        """
+    ) -> CheckInResult:
+        """Admits the manifest, stores it and checks in: blocking, for a worker thread."""
         manifest = self._manifests.admit_blocking(request.vin, request.manifest, ecus)
-        return self._record_and_check_in(request, ecus, manifest), _commits(manifest)
+        return self._record_and_check_in(request, ecus, manifest)
 
     def _record_and_check_in(
         self,
         request: vehicle_pb2.CheckInRequest,
         ecus: list[EcuSpec],
         manifest: VerifiedManifest | None,
+        heartbeat: AcceptedHeartbeat | None = None,
     ) -> CheckInResult:
-        """Stores the admitted manifest, then checks in: blocking, for a worker thread."""
+        """Stores the admitted manifest (or confirms the heartbeat's chain is the latest
+        stored one), then checks in: blocking, for a worker thread."""
+        if heartbeat is not None:
+            self._manifests.confirm_heartbeat(heartbeat)
         self._manifests.record(manifest)
         return check_in(
             self._database,
@@ -230,8 +236,3 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         return vehicle_pb2.ReportEventsResponse(
             accepted=outcome.accepted, duplicates=outcome.duplicates
         )
-
-
-def _commits(manifest: VerifiedManifest | None) -> bool:
-    """Whether the gate holds the heartbeat chain of an admitted manifest (it committed to one)."""
-    return manifest is not None and manifest.heartbeat is not None

@@ -22,14 +22,19 @@ every server process within a second); without an epoch source, for
 
 Heartbeats (:meth:`ManifestGate.admit_heartbeat`): a manifest may commit to a hash chain
 (``HeartbeatCommitment``: anchor h_N, length N, h_(i+1) = SHA-256(h_i), h_0 secret on the
-vehicle). The gate remembers, per vehicle, the last link it accepted (the anchor at
-first), how many links remain, and the manifest's verified inventory. While the inventory
-stays the same, a check-in may carry the next link instead of a manifest: one to a few
-SHA-256 and no parsing. Each link is accepted once (compare-and-set under the gate's
-lock), so a captured heartbeat replayed is refused, and no one who saw every heartbeat can
-make the next one. Chains live in this process's memory only: a heartbeat reaching a
-process that does not hold the vehicle's chain (another process sharing the port, a
-restart) is answered FAILED_PRECONDITION, and the vehicle signs a manifest (a new chain).
+vehicle). Such a manifest is always stored (:meth:`ManifestGate.record`, with the
+freshness check that holds across processes); then the gate remembers, per vehicle, the
+last link it accepted (the anchor at first), how many links remain, and the manifest's
+verified inventory. While the inventory stays the same, a check-in may carry the next link
+instead of a manifest: one to a few SHA-256 and no parsing. Each link is accepted once
+(compare-and-set under the gate's lock), so a captured heartbeat replayed is refused, and
+no one who saw every heartbeat can make the next one. Chains live in this process's memory
+only: a heartbeat reaching a process that does not hold the vehicle's chain (another
+process sharing the port, a restart) is answered FAILED_PRECONDITION, and the vehicle signs
+a manifest (a new chain). A heartbeat that goes to the database (an offer may be waiting)
+is first confirmed to continue the vehicle's latest stored manifest
+(:meth:`ManifestGate.confirm_heartbeat`), so a link the vehicle revealed to another process
+cannot make this one store an inventory older than what that process stored since.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class _Chain:
     link: bytes  # the last accepted link (the manifest's anchor at first)
     remaining: int  # links not revealed yet
     inventory: Mapping[str, str]  # the manifest's verified reports: ECU serial -> sha256
+    nonce: str  # the manifest's last report nonce: the stored inventory's last one
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class AcceptedHeartbeat:
 
     vin: str
     remaining: int  # links of the chain still unrevealed (0: the next check-in signs)
+    nonce: str  # the committing manifest's last report nonce
 
 
 class ManifestGate:
@@ -197,16 +204,12 @@ class ManifestGate:
             )
         manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys, primary_report_covered=quiet)
         _check_agrees(manifest, ecus)
-        commitment = manifest.heartbeat
-        chain = None
-        if commitment is not None:
-            inventory = {report.ecu_serial: report.sha256 for report in manifest.reports}
-            chain = _Chain(commitment.anchor, commitment.length, inventory)
         with self._lock:
             current = self._vehicles.get(vin, known)
             fresh = check_fresh(manifest, current.freshness)
-            # A newer manifest ends the chain of the one before, with or without its own.
-            self._vehicles[vin] = replace(current, freshness=fresh, chain=chain)
+            # A newer manifest ends the chain of the one before; its own (if it commits to
+            # one) is held once it is stored (``record``).
+            self._vehicles[vin] = replace(current, freshness=fresh, chain=None)
         return manifest
 
     def admit_heartbeat(
@@ -272,10 +275,40 @@ class ManifestGate:
             self._vehicles[vin] = replace(
                 known, chain=replace(chain, link=heartbeat, remaining=remaining)
             )
-        return AcceptedHeartbeat(vin=vin, remaining=remaining)
+        return AcceptedHeartbeat(vin=vin, remaining=remaining, nonce=chain.nonce)
+
+    def confirm_heartbeat(self, heartbeat: AcceptedHeartbeat) -> None:
+        """Checks that the chain continues the vehicle's latest stored manifest (blocking).
+
+        For a heartbeat whose check-in goes to the database: another process may have
+        stored a newer manifest since (the vehicle fell back there), and the link may have
+        been revealed there first. (A manifest stored between this read and the check-in's
+        transaction is not seen: a window of one database round trip.)
+
+        Raises:
+            FailedPreconditionError: A newer manifest was stored; this process drops the
+                chain, and the vehicle signs a manifest.
+        """
+        with self._database.engine.connect() as connection:
+            row = connection.execute(_FRESHNESS, {"vin": heartbeat.vin}).first()
+        stored = stored_freshness(row)
+        if stored is not None and stored.nonces and stored.nonces[-1] == heartbeat.nonce:
+            return
+        with self._lock:
+            current = self._vehicles.get(heartbeat.vin)
+            if current is not None:
+                self._vehicles[heartbeat.vin] = replace(current, chain=None)
+        raise FailedPreconditionError(
+            f"vehicle {heartbeat.vin}: a newer version manifest was stored (through another "
+            f"server process) since the one whose heartbeat chain this continues; send a "
+            f"signed version manifest"
+        )
 
     def record(self, manifest: VerifiedManifest | None) -> None:
         """Stores a verified manifest as the vehicle's inventory (blocking; database).
+
+        A manifest committing to a heartbeat chain: the gate holds the chain once stored,
+        unless a newer manifest of the vehicle was admitted meanwhile.
 
         Raises:
             PermissionDeniedError: The stored inventory shows the manifest is a replay.
@@ -287,6 +320,22 @@ class ManifestGate:
             manifest = check_primary_report(manifest, known.keys)
         with self._database.session() as session:
             record_manifest(session, manifest, now=self._clock())
+        commitment = manifest.heartbeat
+        if commitment is None:
+            return
+        nonce = manifest.reports[-1].nonce
+        inventory = {report.ecu_serial: report.sha256 for report in manifest.reports}
+        chain = _Chain(commitment.anchor, commitment.length, inventory, nonce)
+        with self._lock:
+            current = self._vehicles.get(manifest.vin)
+            fresh = current.freshness if current is not None else None
+            if current is not None and fresh is not None and fresh.nonces[-1:] == (nonce,):
+                self._vehicles[manifest.vin] = replace(current, chain=chain)
+
+    def holds_chain(self, vin: str) -> bool:
+        """Whether the gate holds a heartbeat chain of ``vin`` with links left."""
+        known = self._vehicles.get(vin)
+        return known is not None and known.chain is not None and known.chain.remaining > 0
 
     def forget(self, vin: str) -> None:
         """Drops what the gate holds of ``vin`` (read again at its next check-in)."""

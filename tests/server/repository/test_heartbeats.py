@@ -51,11 +51,14 @@ def _manifest(key: EcuKey, chain: HeartbeatChain | None) -> bytes:
 
 
 def _committed(gate: ManifestGate, key: EcuKey, length: int = 64) -> HeartbeatChain:
-    """A chain the gate holds: committed to by a signed manifest it admitted."""
+    """A chain the gate holds: committed to by a signed manifest it admitted and stored."""
     chain = HeartbeatChain.new({SERIAL: SHA}, length=length)
     admitted = asyncio.run(gate.admit(VIN, _manifest(key, chain), ECUS))
     assert admitted is not None and admitted.heartbeat is not None
     assert admitted.heartbeat.anchor == chain_link(chain.seed, length)
+    assert not gate.holds_chain(VIN), "held only once the manifest is stored"
+    gate.record(admitted)
+    assert gate.holds_chain(VIN)
     return chain
 
 
@@ -141,6 +144,22 @@ def test_a_gate_without_the_chain_asks_for_a_manifest(database: Database, key: E
     holder.forget(VIN)
     with pytest.raises(FailedPreconditionError):
         holder.admit_heartbeat(VIN, b"", link, ECUS)
+
+
+def test_a_heartbeat_to_the_database_must_continue_the_latest_stored_manifest(
+    database: Database, key: EcuKey
+) -> None:
+    here, there = ManifestGate(database), ManifestGate(database)  # two server processes
+    chain = _committed(here, key)
+    accepted = here.admit_heartbeat(VIN, b"", chain_link(chain.seed, chain.length - 1), ECUS)
+    here.confirm_heartbeat(accepted)  # the stored manifest is the chain's
+    # The vehicle fell back to a new manifest at the other process, which stored it.
+    _committed(there, key)
+    revealed_there = chain_link(chain.seed, chain.length - 2)  # refused there, seen on the way
+    replayed = here.admit_heartbeat(VIN, b"", revealed_there, ECUS)  # memory cannot tell
+    with pytest.raises(FailedPreconditionError, match="newer version manifest was stored"):
+        here.confirm_heartbeat(replayed)
+    assert not here.holds_chain(VIN), "the stale chain is dropped"
 
 
 def test_a_new_manifest_ends_the_chain_before(database: Database, key: EcuKey) -> None:
