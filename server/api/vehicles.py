@@ -18,7 +18,12 @@ from server.campaigns.events import EventKind, FailureType, ReportedEvent, recor
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, system_clock
-from server.errors import FailedPreconditionError, InvalidArgumentError, StaffelError
+from server.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    StaffelError,
+)
 from server.fleet.registry import EcuSpec
 from server.metrics import ServerMetrics
 from server.repository.director import Director
@@ -102,6 +107,11 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             return await self._heartbeat_check_in(request, ecus)
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
+            if not request.manifest and self._manifests.keyless_to_confirm(request.vin):
+                # Known without keys before the epoch moved (a campaign started, say):
+                # the check-in's own registry read confirms it, no read of the gate's.
+                result = await self._in_thread(partial(self._check_in_keyless, request, ecus))
+                return self._answer(result, chain_held=False)
             # A vehicle new to this process: admitted in the check-in's own thread hop.
             result = await self._in_thread(partial(self._admit_and_check_in, request, ecus))
             return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
@@ -168,6 +178,20 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         """Runs blocking database work on the vehicles' threads."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    def _check_in_keyless(
+        self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
+    ) -> CheckInResult:
+        """Checks in a vehicle taken to have no ECU keys, confirming it in the check-in's own
+        read (refused before anything is stored if it has keys now): blocking."""
+        epoch = self._manifests.epoch_now()
+        try:
+            result = self._check_in_database(request, ecus, keyless=True)
+        except PermissionDeniedError:
+            self._manifests.forget(request.vin)  # its keys are read at the next check-in
+            raise
+        self._manifests.confirm_keyless(request.vin, epoch)
+        return result
+
     def _admit_and_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
     ) -> CheckInResult:
@@ -187,6 +211,12 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         if heartbeat is not None:
             self._manifests.confirm_heartbeat(heartbeat)
         self._manifests.record(manifest)
+        return self._check_in_database(request, ecus)
+
+    def _check_in_database(
+        self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec], *, keyless: bool = False
+    ) -> CheckInResult:
+        """:func:`check_in` for a request whose manifest (if any) is admitted and stored."""
         return check_in(
             self._database,
             self._director,
@@ -197,6 +227,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             clock=self._clock,
             presence=self._presence,
             quiet=self._quiet,
+            keyless=keyless,
         )
 
     def _answer(self, result: CheckInResult, *, chain_held: bool) -> vehicle_pb2.CheckInResponse:

@@ -22,7 +22,7 @@ from server.campaigns.offers import QuietVehicles
 from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
-from server.errors import InvalidArgumentError, NotFoundError
+from server.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from server.fleet import models as _fleet_models  # noqa: F401
 from server.fleet.registry import EcuSpec
 
@@ -75,6 +75,7 @@ class _Registered:
     site: str
     last_seen: datetime | None
     ecus: tuple[EcuSpec, ...]
+    has_keys: bool = False  # an ECU has a registered public key (manifests required)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ _LOAD_VEHICLE = (
         _ECUS.c.hardware_id,
         _ECUS.c.primary,
         _ECUS.c.installed_sha256,
+        (_ECUS.c.public_key != "").label("has_key"),
     )
     .select_from(_VEHICLES.outerjoin(_ECUS, _ECUS.c.vin == _VEHICLES.c.vin))
     .where(_VEHICLES.c.vin == bindparam("vin"))
@@ -206,7 +208,8 @@ def _load_registered(connection: Connection, vin: str) -> _Registered:
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
     ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
-    return _Registered(site=rows[0].site, last_seen=rows[0].last_seen, ecus=ecus)
+    has_keys = any(row.has_key for row in rows if row.serial is not None)
+    return _Registered(site=rows[0].site, last_seen=rows[0].last_seen, ecus=ecus, has_keys=has_keys)
 
 
 def ecu_of(row: Any) -> EcuSpec:
@@ -222,12 +225,20 @@ def _record_inventory(
     now: datetime,
     *,
     write_last_seen: bool,
+    keyless: bool = False,
 ) -> tuple[_Registered, bool]:
     """Checks the reported ECUs against the registry and stores what changed.
 
     Returns the registry's view (with the reported images) and whether an image changed.
+    With ``keyless`` (the check-in carries no manifest because the vehicle was known to
+    have no ECU keys), refuses a vehicle that has keys now, before anything is written.
     """
     registered = _load_registered(connection, vin)
+    if keyless and registered.has_keys:
+        raise PermissionDeniedError(
+            f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
+            f"manifest signed by its ECUs; refused"
+        )
     by_serial = {ecu.serial: ecu for ecu in registered.ecus}
     reported_serials = {ecu.serial for ecu in reported}
     if reported_serials != set(by_serial) or len(reported_serials) != len(reported):
@@ -394,6 +405,7 @@ def check_in(
     clock: Clock = system_clock,
     presence: LastSeenBuffer | None = None,
     quiet: QuietVehicles | None = None,
+    keyless: bool = False,
 ) -> CheckInResult:
     """Handles one check-in.
 
@@ -408,10 +420,14 @@ def check_in(
         presence: Buffers last-seen moments (the server's); None writes them in the
             check-in's own transaction at most once per ``LAST_SEEN_RESOLUTION``.
         quiet: Remembers vehicles with nothing to do, for :func:`check_in_quietly`.
+        keyless: The check-in carries no manifest on the strength of the vehicle having
+            had no ECU keys; confirmed in the same read as the registry, so a key
+            registered since refuses the check-in before anything is stored.
 
     Raises:
         InvalidArgumentError: malformed request, or ECUs that differ from the registry.
         NotFoundError: the vehicle is not registered.
+        PermissionDeniedError: ``keyless``, and the vehicle has ECU keys now.
     """
     _check_request(vin, ecus, nonce)
     now = clock()
@@ -419,13 +435,13 @@ def check_in(
     epoch = quiet.epoch if quiet is not None else None
     try:
         answer = _check_in_once(
-            database, director, vin, ecus, now, write_last_seen=presence is None
+            database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
         )
     except IntegrityError:
         # Only on databases without INSERT ... ON CONFLICT: two first check-ins of one
         # vehicle raced to insert its Director row; it exists now.
         answer = _check_in_once(
-            database, director, vin, ecus, now, write_last_seen=presence is None
+            database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
         )
     registered, changed, found, signed = answer
     if presence is not None:
@@ -453,6 +469,7 @@ def _check_in_once(
     now: datetime,
     *,
     write_last_seen: bool,
+    keyless: bool = False,
 ) -> tuple[_Registered, bool, _Open | None, SignedDirectorMetadata | None]:
     """One transaction: inventory, the open assignment (locked), its Director metadata.
 
@@ -461,7 +478,7 @@ def _check_in_once(
     """
     with database.engine.begin() as connection:
         registered, changed = _record_inventory(
-            connection, vin, ecus, now, write_last_seen=write_last_seen
+            connection, vin, ecus, now, write_last_seen=write_last_seen, keyless=keyless
         )
         found = _open_assignment(connection, vin)
         if found is None:
