@@ -110,7 +110,9 @@ async def test_server_killed_mid_wave_loses_nothing(tmp_path: Path, database_url
         sandbox.staffel(server, "bundle", "create", "--name", "b", "--model", "sedan", "gw-2.0")
         campaign_id = sandbox.start_campaign(
             server, "--name", "gw-2", "--bundle", "b1", "--waves", "25%,100%",
-            "--success-percent", "80", "--max-failure-percent", "20", "--min-reports", "10",
+            # One vehicle in 7 fails; the failure gate leaves room for an unlucky first
+            # few reports (the engine may step after only ten), so only the crash is tested.
+            "--success-percent", "80", "--max-failure-percent", "50", "--min-reports", "10",
         )  # fmt: skip
 
         def status() -> dict[str, object]:
@@ -132,33 +134,40 @@ async def test_server_killed_mid_wave_loses_nothing(tmp_path: Path, database_url
              "campaign", "status", campaign_id, "--watch"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-        # Every vehicle retries its cycle (same event ids): nothing is counted twice.
-        offers = await drive(server.grpc, list(range(FLEET)))
-        # A vehicle offered before the crash keeps its assignment (same id) after it.
-        assert all(offers[n] == a for n, a in before_restart.items() if n in offers)
-        offers = before_restart | offers
-        for _ in range(100):
-            answer = status()
-            if answer.get("currentWave") == 2:
-                break
-            await asyncio.sleep(0.2)
-        assert answer["currentWave"] == 2
-        offers |= await drive(server.grpc, list(range(FLEET)))
-        for _ in range(100):
-            answer = status()
-            if answer["state"] == "CAMPAIGN_STATE_COMPLETED":
-                break
-            await asyncio.sleep(0.2)
-        assert answer["state"] == "CAMPAIGN_STATE_COMPLETED"
-        live, _ = watch.communicate(timeout=60)
-        snapshots = [block for block in live.split("\n\n") if block.strip()]
-        assert len(snapshots) >= 3, live
-        assert "(running)" in snapshots[0]
-        assert "REACH" in snapshots[0] and "GATE" in snapshots[0]
-        assert snapshots[-1].startswith(f"campaign {campaign_id} (completed): {FLEET} vehicles")
-        assert assignment_rows(database_url) == (FLEET, FLEET)
-        failed = sum(1 for n in offers if n % 7 == 0)
-        assert len(offers) == FLEET
-        assert answer["counts"] == {
-            "total": FLEET, "committed": FLEET - failed, "failed": failed,
-        }  # fmt: skip
+        try:
+            # Every vehicle retries its cycle (same event ids): nothing is counted twice.
+            offers = await drive(server.grpc, list(range(FLEET)))
+            # A vehicle offered before the crash keeps its assignment (same id) after it.
+            assert all(offers[n] == a for n, a in before_restart.items() if n in offers)
+            offers = before_restart | offers
+            for _ in range(100):
+                answer = status()
+                if answer.get("currentWave") == 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert answer["currentWave"] == 2
+            offers |= await drive(server.grpc, list(range(FLEET)))
+            for _ in range(100):
+                answer = status()
+                if answer["state"] == "CAMPAIGN_STATE_COMPLETED":
+                    break
+                await asyncio.sleep(0.2)
+            assert answer["state"] == "CAMPAIGN_STATE_COMPLETED"
+            live, _ = watch.communicate(timeout=60)
+            snapshots = [block for block in live.split("\n\n") if block.strip()]
+            assert len(snapshots) >= 3, live
+            assert "(running)" in snapshots[0]
+            assert "REACH" in snapshots[0] and "GATE" in snapshots[0]
+            assert snapshots[-1].startswith(f"campaign {campaign_id} (completed): {FLEET} vehicles")
+            assert assignment_rows(database_url) == (FLEET, FLEET)
+            failed = sum(1 for n in offers if n % 7 == 0)
+            assert len(offers) == FLEET
+            assert answer["counts"] == {
+                "total": FLEET, "committed": FLEET - failed, "failed": failed,
+            }  # fmt: skip
+        finally:
+            if watch.poll() is None:  # a failed assertion above: do not leave it running
+                watch.kill()
+            watch.wait()
+            if watch.stdout is not None:
+                watch.stdout.close()
