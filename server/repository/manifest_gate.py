@@ -90,9 +90,10 @@ _FRESHNESS: Final = sql_select(_INVENTORIES.c.latest_time, _INVENTORIES.c.nonces
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Chain:
-    """The heartbeat chain of a vehicle's last admitted manifest, as far as it was used."""
+    """The heartbeat chain of a vehicle's last admitted manifest, as far as it was used
+    (advanced in place, under the gate's lock)."""
 
     link: bytes  # the last accepted link (the manifest's anchor at first)
     remaining: int  # links not revealed yet
@@ -292,9 +293,7 @@ class ManifestGate:
                     f"heartbeat): refused; the vehicle signs a version manifest"
                 )
             remaining = chain.remaining - steps
-            self._vehicles[vin] = replace(
-                known, chain=replace(chain, link=heartbeat, remaining=remaining)
-            )
+            chain.link, chain.remaining = heartbeat, remaining
         return AcceptedHeartbeat(vin=vin, remaining=remaining, nonce=chain.nonce)
 
     def confirm_heartbeat(self, heartbeat: AcceptedHeartbeat) -> None:
