@@ -61,7 +61,12 @@ class Database:
                 ``staffel-server migrate``) or at one this server does not know.
         """
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            # Last in, first out: the vehicles' single thread gets back the connection it
+            # just used, whose page cache is warm (a write through another connection
+            # would make SQLite drop it).
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False, "timeout": 30}, pool_use_lifo=True
+            )
             event.listen(engine, "connect", _enable_sqlite_pragmas)
         else:
             engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
