@@ -61,6 +61,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -365,7 +366,9 @@ def measure(
     ]
     time.sleep(max(0.0, start_at - time.time()))
     cpu_before = sum(s.cpu_seconds() for s in servers)
-    time.sleep(window)
+    # First offers may all be answered before the window ends: the server's CPU is read
+    # when the load processes are done, so an idle tail is not counted against the calls.
+    wait_for(futures, timeout=max(0.0, start_at + window - time.time()))
     cpu_after = sum(s.cpu_seconds() for s in servers)
     results = [f.result() for f in futures]
     # First offers stop when every vehicle has had its offer, maybe before the window ends.
