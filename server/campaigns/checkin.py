@@ -22,7 +22,7 @@ from server.campaigns.offers import QuietVehicles
 from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
-from server.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from server.errors import InvalidArgumentError, NotFoundError
 from server.fleet import models as _fleet_models  # noqa: F401
 from server.fleet.registry import EcuSpec
 
@@ -37,6 +37,7 @@ from server.repository.director import (
     StoredState,
     stored_state,
 )
+from server.repository.manifests import manifest_required
 from server.store import Database
 from server.validation import check_sha256, check_vin
 
@@ -235,10 +236,7 @@ def _record_inventory(
     """
     registered = _load_registered(connection, vin)
     if keyless and registered.has_keys:
-        raise PermissionDeniedError(
-            f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
-            f"manifest signed by its ECUs; refused"
-        )
+        raise manifest_required(vin)
     by_serial = {ecu.serial: ecu for ecu in registered.ecus}
     reported_serials = {ecu.serial for ecu in reported}
     if reported_serials != set(by_serial) or len(reported_serials) != len(reported):

@@ -64,6 +64,7 @@ from server.repository.manifests import (
     VerifiedManifest,
     check_fresh,
     check_primary_report,
+    manifest_required,
     record_manifest,
     stored_freshness,
     verify_manifest,
@@ -219,10 +220,7 @@ class ManifestGate:
         if not known.keys:
             return None
         if not data:
-            raise PermissionDeniedError(
-                f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
-                f"manifest signed by its ECUs; refused"
-            )
+            raise manifest_required(vin)
         manifest = verify_manifest(data, vin=vin, ecu_keys=known.keys, primary_report_covered=quiet)
         _check_agrees(manifest, ecus)
         with self._lock:

@@ -261,6 +261,14 @@ def record_manifest(session: Session, manifest: VerifiedManifest, *, now: dateti
     return fresh
 
 
+def manifest_required(vin: str) -> PermissionDeniedError:
+    """The refusal of a check-in without a manifest from a vehicle with ECU keys."""
+    return PermissionDeniedError(
+        f"vehicle {vin} has registered ECU keys: its check-in must carry a version "
+        f"manifest signed by its ECUs; refused"
+    )
+
+
 def _commitment(raw: Any) -> HeartbeatCommitment | None:
     """The heartbeat commitment of a manifest's signed part (None when it has none).
 
