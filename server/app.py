@@ -106,6 +106,9 @@ class ServerConfig:
     # Threads for the database work of vehicles' calls (check-ins that are not answered
     # from memory, event reports); None: 1 on SQLite, 8 on PostgreSQL (see vehicle_threads).
     vehicle_threads: int | None = None
+    # On SQLite, run that work on the event loop, moving to the threads only when another
+    # connection holds the write lock (server/api/database_work.py); off: always threads.
+    vehicle_work_on_loop: bool = True
 
 
 def vehicle_threads(config: ServerConfig, database: Database) -> int:
@@ -113,8 +116,9 @@ def vehicle_threads(config: ServerConfig, database: Database) -> int:
 
     SQLite answers from the local file in microseconds and serializes writers anyway, so
     more threads only contend for the interpreter lock (measured: one thread answers
-    repeat offers ~25 % faster than six); PostgreSQL waits on the network, where threads
-    overlap the round trips.
+    repeat offers ~25 % faster than six; by default SQLite's work runs on the event loop
+    and the thread takes only what would wait for a lock); PostgreSQL waits on the
+    network, where threads overlap the round trips.
     """
     if config.vehicle_threads is not None:
         return config.vehicle_threads
@@ -205,6 +209,7 @@ class StaffelServer:
                 presence=self.presence,
                 quiet=self.quiet,
                 executor=self._vehicle_pool,
+                work_on_loop=self.config.vehicle_work_on_loop,
             ),
             server,
         )
@@ -444,6 +449,13 @@ def _parser() -> argparse.ArgumentParser:
         help="threads for vehicles' database work (default: 1 on SQLite, 8 on PostgreSQL)",
     )
     parser.add_argument(
+        "--vehicle-work-in-threads",
+        action="store_true",
+        help="on SQLite, run vehicles' database work in threads rather than on the event "
+        "loop (the default runs it on the loop and uses a thread only when another "
+        "connection holds the write lock)",
+    )
+    parser.add_argument(
         "--presign-interval",
         type=float,
         default=2.0,
@@ -514,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_interval_seconds=args.engine_interval,
         presign_interval_seconds=args.presign_interval,
         vehicle_threads=args.vehicle_threads,
+        vehicle_work_on_loop=not args.vehicle_work_in_threads,
         staging_wait=timedelta(seconds=args.staging_wait),
         reuse_port=args.reuse_port,
         auto_migrate=args.auto_migrate,

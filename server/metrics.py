@@ -37,6 +37,12 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.vehicle_work_moved = Counter(
+            "staffel_vehicle_work_moved_to_thread_total",
+            "Vehicles' database steps begun on the event loop (SQLite) that found another "
+            "connection's write lock taken and were run in the vehicles' thread instead.",
+            registry=self.registry,
+        )
         self.vehicle_events = Counter(
             "staffel_vehicle_events_total",
             "Vehicle events recorded, by kind; resends are not counted.",

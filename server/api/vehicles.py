@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
+from server.api.database_work import DatabaseWork
 from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
@@ -30,8 +30,6 @@ from server.repository.director import Director
 from server.repository.manifest_gate import AcceptedHeartbeat, ManifestGate
 from server.repository.manifests import VerifiedManifest
 from server.store import Database
-
-_T = TypeVar("_T")
 
 
 def _event_kind(value: int) -> EventKind:
@@ -81,9 +79,14 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         quiet: QuietVehicles | None = None,
         manifests: ManifestGate | None = None,
         executor: Executor | None = None,
+        work_on_loop: bool = False,
     ) -> None:
-        """Answers vehicles; ``executor`` runs their database work (default: asyncio's)."""
-        self._executor = executor
+        """Answers vehicles; their database work runs on the event loop when
+        ``work_on_loop`` and the database answers without I/O waits (SQLite), else (and
+        whenever that would wait for a lock) in ``executor`` (default: asyncio's)."""
+        self._work = DatabaseWork(
+            database, executor, on_loop=work_on_loop, moved=metrics.vehicle_work_moved
+        )
         self._manifests = manifests or ManifestGate(
             database,
             clock=clock,
@@ -116,10 +119,10 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             if not request.manifest and self._manifests.keyless_to_confirm(request.vin):
                 # Known without keys before the epoch moved (a campaign started, say):
                 # the check-in's own registry read confirms it, no read of the gate's.
-                result = await self._in_thread(partial(self._check_in_keyless, request, ecus))
+                result = await self._work.run(then=partial(self._check_in_keyless, request, ecus))
                 return self._answer(result, chain_held=False)
             # A vehicle new to this process: admitted in the check-in's own thread hop.
-            result = await self._in_thread(partial(self._admit_and_check_in, request, ecus))
+            result = await self._admit_and_check_in(request, ecus)
             return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
         manifest = await self._manifests.admit(
@@ -174,15 +177,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 clock=self._clock,
             )
         if result is None:
-            # One worker-thread hop: the manifest is stored before the Director is asked.
-            result = await self._in_thread(
-                partial(self._record_and_check_in, request, ecus, manifest, heartbeat)
-            )
+            # The manifest is stored before the Director is asked.
+            result = await self._record_and_check_in(request, ecus, manifest, heartbeat)
         return result
-
-    async def _in_thread(self, call: Callable[[], _T]) -> _T:
-        """Runs blocking database work on the vehicles' threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _check_in_keyless(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
@@ -198,14 +195,20 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self._manifests.confirm_keyless(request.vin, epoch)
         return result
 
-    def _admit_and_check_in(
+    async def _admit_and_check_in(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
     ) -> CheckInResult:
-        """Admits the manifest, stores it and checks in: blocking, for a worker thread."""
-        manifest = self._manifests.admit_blocking(request.vin, request.manifest, ecus)
-        return self._record_and_check_in(request, ecus, manifest)
+        """Admits the manifest (reading the gate's database rows), stores it, checks in."""
+        admitted: list[VerifiedManifest | None] = []  # the first step's result, for the next
+        return await self._work.run(
+            lambda: admitted.append(
+                self._manifests.admit_blocking(request.vin, request.manifest, ecus)
+            ),
+            lambda: self._manifests.record(admitted[0]),
+            then=partial(self._check_in_database, request, ecus),
+        )
 
-    def _record_and_check_in(
+    async def _record_and_check_in(
         self,
         request: vehicle_pb2.CheckInRequest,
         ecus: list[EcuSpec],
@@ -213,11 +216,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         heartbeat: AcceptedHeartbeat | None = None,
     ) -> CheckInResult:
         """Stores the admitted manifest (or confirms the heartbeat's chain is the latest
-        stored one), then checks in: blocking, for a worker thread."""
+        stored one), then checks in."""
+        steps: list[Callable[[], object]] = []
         if heartbeat is not None:
-            self._manifests.confirm_heartbeat(heartbeat)
-        self._manifests.record(manifest)
-        return self._check_in_database(request, ecus)
+            steps.append(partial(self._manifests.confirm_heartbeat, heartbeat))
+        if manifest is not None:
+            steps.append(partial(self._manifests.record, manifest))
+        return await self._work.run(*steps, then=partial(self._check_in_database, request, ecus))
 
     def _check_in_database(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec], *, keyless: bool = False
@@ -265,8 +270,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self, request: vehicle_pb2.ReportEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vehicle_pb2.ReportEventsResponse:
         events = [reported_event(e) for e in request.events]
-        outcome = await self._in_thread(
-            partial(record_events, self._database, request.vin, events, clock=self._clock)
+        outcome = await self._work.run(
+            then=partial(record_events, self._database, request.vin, events, clock=self._clock)
         )
         for kind in outcome.new_kinds:
             self._metrics.vehicle_events.labels(kind.value).inc()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from server.store.migrations import open_schema
@@ -37,13 +40,49 @@ def load_models() -> MetaData:
     return SQLModel.metadata
 
 
-def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+# Milliseconds a SQLite statement waits for another connection's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# SQLite's primary result codes for "another connection holds the lock".
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_BUSY_TIMEOUT = "staffel_busy_timeout_ms"  # a pooled connection's current busy timeout
+# True while the current thread (or task) must not wait for SQLite's locks.
+_not_waiting: ContextVar[bool] = ContextVar("staffel_not_waiting", default=False)
+
+
+class LockBusyError(Exception):
+    """A statement run by :meth:`Database.without_waiting` found SQLite's lock taken."""
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
+    record.info[_BUSY_TIMEOUT] = SQLITE_BUSY_TIMEOUT_MS
+
+
+def _set_busy_timeout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """On checkout: no wait for a connection taken by :meth:`Database.without_waiting`,
+    the usual wait for any other (set only when it changes: a statement each)."""
+    wanted = 0 if _not_waiting.get() else SQLITE_BUSY_TIMEOUT_MS
+    if record.info.get(_BUSY_TIMEOUT) != wanted:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={wanted}")
+        cursor.close()
+        record.info[_BUSY_TIMEOUT] = wanted
+
+
+def _is_lock_busy(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite's "database is locked" (or "table is locked")."""
+    cause = error.orig if isinstance(error, OperationalError) else error
+    if not isinstance(cause, sqlite3.OperationalError):
+        return False
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(cause)
 
 
 class Database:
@@ -68,6 +107,7 @@ class Database:
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_use_lifo=True
             )
             event.listen(engine, "connect", _enable_sqlite_pragmas)
+            event.listen(engine, "checkout", _set_busy_timeout)
         else:
             engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         database = cls(engine)
@@ -91,6 +131,31 @@ class Database:
         created on demand); one at an older revision raises ``SchemaError``.
         """
         open_schema(self.engine, load_models())
+
+    @property
+    def answers_without_io_wait(self) -> bool:
+        """Whether statements are answered from a local file, without network round trips
+        (SQLite): worth running on the event loop (:meth:`without_waiting`) rather than
+        paying a thread hop per call."""
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        """Connections taken inside the block do not wait for another connection's write
+        lock: a statement that would raises :class:`LockBusyError` at once (its
+        transaction rolled back), so the caller can retry where waiting is harmless.
+
+        Only SQLite waits for locks this way; on other databases the block changes nothing.
+        """
+        token = _not_waiting.set(True)
+        try:
+            yield
+        except (OperationalError, sqlite3.OperationalError) as error:
+            if _is_lock_busy(error):
+                raise LockBusyError(str(error)) from error
+            raise
+        finally:
+            _not_waiting.reset(token)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
