@@ -117,8 +117,9 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
             if not request.manifest and self._manifests.keyless_to_confirm(request.vin):
-                # Known without keys before the epoch moved (a campaign started, say):
-                # the check-in's own registry read confirms it, no read of the gate's.
+                # New to this process, or known without keys before the epoch moved (a
+                # campaign started, say), and no manifest: the check-in's own registry
+                # read confirms "no keys", no read of the gate's.
                 result = await self._work.run(then=partial(self._check_in_keyless, request, ecus))
                 return self._answer(result, chain_held=False)
             # A vehicle new to this process: admitted in the check-in's own thread hop.

@@ -189,23 +189,30 @@ class ManifestGate:
         return self._current(vin) is None
 
     def keyless_to_confirm(self, vin: str) -> bool:
-        """Whether ``vin`` was found without ECU keys but is no longer trusted to have none
-        (the offer epoch moved). Its check-in may then confirm "no keys" in the check-in's
-        own registry read (``check_in(keyless=True)``, then :meth:`confirm_keyless`)
-        instead of the gate reading the database first."""
+        """Whether ``vin`` may be taken to have no ECU keys on the strength of its
+        check-in's own registry read (``check_in(keyless=True)``, then
+        :meth:`confirm_keyless`), instead of the gate reading the database first: a vehicle
+        new to this process, or one found without keys that is no longer trusted to have
+        none (the offer epoch moved). Only for a check-in that carries no manifest."""
         known = self._vehicles.get(vin)
-        return known is not None and not known.keys and not self._still_keyless(known)
+        return known is None or (not known.keys and not self._still_keyless(known))
 
     def epoch_now(self) -> int | None:
         """The offer epoch to pass to :meth:`confirm_keyless`: read before the registry is."""
         return self._offer_epoch() if self._offer_epoch is not None else None
 
     def confirm_keyless(self, vin: str, epoch: int | None) -> None:
-        """Records that ``vin`` still had no ECU keys in a read made after ``epoch`` was read
+        """Records that ``vin`` had no ECU keys in a read made after ``epoch`` was read
         (:meth:`epoch_now`): "no keys" is trusted again while that epoch stands."""
         with self._lock:
             known = self._vehicles.get(vin)
-            if known is not None and not known.keys:
+            if known is None:
+                if len(self._vehicles) >= self._max_vehicles:
+                    self._vehicles.clear()
+                self._vehicles[vin] = _Known(
+                    keys={}, freshness=None, loaded_at=time.monotonic(), epoch=epoch
+                )
+            elif not known.keys:
                 self._vehicles[vin] = replace(known, epoch=epoch, loaded_at=time.monotonic())
 
     def _current(self, vin: str) -> _Known | None:

@@ -1,9 +1,11 @@
-"""A vehicle without ECU keys after the offer epoch moved: confirmed in the check-in's read.
+"""A vehicle without ECU keys, new to the process or after the offer epoch moved: "no
+keys" is confirmed in the check-in's own read.
 
-The manifest gate trusts "no keys" only while the offer epoch stands still. When it moves
-(a campaign starts), the next check-in of such a vehicle confirms "no keys" in the same
-registry read the check-in makes anyway, instead of the gate reading the keys first; a key
-registered meanwhile refuses the check-in before anything is stored.
+The manifest gate trusts "no keys" only while the offer epoch stands still. A check-in
+without a manifest from a vehicle the gate does not hold, or holds as keyless from before
+the epoch moved (a campaign started), confirms "no keys" in the same registry read the
+check-in makes anyway, instead of the gate reading the keys first; a key registered
+meanwhile refuses the check-in before anything is stored.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ async def test_a_keyless_vehicle_gets_its_offer_without_the_gate_reading_keys_ag
         stub = vehicle_pb2_grpc.VehicleServiceStub(channel)
         first = await stub.CheckIn(_request())
         assert first.WhichOneof("outcome") == "nothing_to_do"
-        assert len(key_reads) == 1, "the gate reads a vehicle new to the process once"
+        assert key_reads == [], "new to the process: confirmed in the check-in's own read"
 
         await _start_campaign(server, bundle)
         key_reads.clear()
@@ -141,4 +143,7 @@ async def test_a_key_registered_meanwhile_refuses_the_check_in_and_stores_nothin
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await stub.CheckIn(_request())
         assert again.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert len(key_reads) == 1, "the gate forgot the vehicle and read its keys"
+        assert key_reads == [], "forgotten by the gate, refused by the check-in's read again"
+        assert [e.installed_sha256 for e in get_vehicle(server.database, vin(NUMBER)).ecus] == [
+            OLD_SHA
+        ]

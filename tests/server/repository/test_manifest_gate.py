@@ -136,3 +136,33 @@ def test_a_quiet_check_in_skips_only_the_covered_signature_and_never_stores_it(
     # The outer signature is never skipped.
     with pytest.raises(PermissionDeniedError, match="vehicle version manifest"):
         asyncio.run(gate.admit(VIN, _manifest(other, primary_report_key=key), ecus, quiet=True))
+
+
+def test_a_vehicle_confirmed_keyless_by_its_check_in_is_held_until_the_epoch_moves(
+    database: Database, tmp_path: Path, reads: list[str]
+) -> None:
+    provision_vehicle(database, vin=VIN, model="sedan", ecus=[EcuSpec(SERIAL, "gw-x1", True)])
+    quiet = _epoch_source(database)
+    gate = ManifestGate(database, offer_epoch=lambda: quiet.epoch)
+    ecus = [EcuSpec(SERIAL, "gw-x1", True)]
+    assert gate.keyless_to_confirm(VIN), "a vehicle new to the gate"
+    reads.clear()
+
+    gate.confirm_keyless(VIN, gate.epoch_now())  # its check-in's read found no keys
+    assert not gate.needs_read(VIN) and not gate.keyless_to_confirm(VIN)
+    assert asyncio.run(gate.admit(VIN, b"", ecus)) is None
+    assert reads == [], "held without a read of the gate's own"
+
+    key = EcuKey.generate(tmp_path / "gw.key")
+    with database.session() as session:
+        session.exec(
+            update(Ecu).where(Ecu.serial == SERIAL).values(public_key=key.public_key_json())
+        )  # type: ignore[call-overload]
+    quiet.refresh(database)
+    assert gate.needs_read(VIN) and gate.keyless_to_confirm(VIN), "the epoch moved"
+    with pytest.raises(PermissionDeniedError, match="must carry a version manifest"):
+        asyncio.run(gate.admit(VIN, b"", ecus))
+    gate.confirm_keyless(VIN, gate.epoch_now())  # a late confirmation must not undo the keys
+    assert not gate.keyless_to_confirm(VIN)
+    with pytest.raises(PermissionDeniedError, match="must carry a version manifest"):
+        asyncio.run(gate.admit(VIN, b"", ecus))
