@@ -139,6 +139,10 @@ class StaffelServer:
             self.database = Database.from_url(config.database_url)
         else:
             self.database = Database.in_data_dir(config.data_dir)
+        if config.vehicle_work_on_loop and self.database.answers_without_io_wait:
+            # Vehicles' commits run on the event loop: none of them may copy the SQLite
+            # log into the file (with an fsync); the epoch reader's thread does that.
+            self.database.checkpoint_in_background()
         keys = KeySet.load(config.keys_dir)
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.image_repo = ImageRepository(self.database, keys)
@@ -343,16 +347,20 @@ class StaffelServer:
                 log.exception("writing last-seen moments failed; retrying at the next interval")
 
     async def _read_offer_epoch(self) -> None:
-        """Follows the offer epoch, so quiet answers end within a second of any change."""
+        """Follows the offer epoch, so quiet answers end within a second of any change;
+        checkpoints SQLite's write-ahead log after each read (see ``checkpoint_in_background``)."""
         while True:
             await asyncio.sleep(self.config.offer_epoch_seconds)
+            loop = asyncio.get_running_loop()
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._housekeeping, self.quiet.refresh, self.database
-                )
+                await loop.run_in_executor(self._housekeeping, self.quiet.refresh, self.database)
             except Exception:
                 # Quiet answers stop by themselves once the epoch is too old.
                 log.exception("reading the offer epoch failed; retrying at the next interval")
+            try:
+                await loop.run_in_executor(self._housekeeping, self.database.checkpoint)
+            except Exception:
+                log.exception("checkpointing the SQLite log failed; retrying at the next interval")
 
     async def stop(self) -> None:
         """Graceful stop: health NOT_SERVING first, then drain calls, then close the store."""

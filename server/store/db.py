@@ -45,6 +45,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # SQLite's primary result codes for "another connection holds the lock".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _BUSY_TIMEOUT = "staffel_busy_timeout_ms"  # a pooled connection's current busy timeout
+_AUTOCHECKPOINT = "staffel_wal_autocheckpoint"  # and its WAL auto-checkpoint threshold
+SQLITE_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 # True while the current thread (or task) must not wait for SQLite's locks.
 _not_waiting: ContextVar[bool] = ContextVar("staffel_not_waiting", default=False)
 
@@ -67,11 +69,16 @@ def _set_busy_timeout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     """On checkout: no wait for a connection taken by :meth:`Database.without_waiting`,
     the usual wait for any other (set only when it changes: a statement each)."""
     wanted = 0 if _not_waiting.get() else SQLITE_BUSY_TIMEOUT_MS
-    if record.info.get(_BUSY_TIMEOUT) != wanted:
+    _set_pragma(dbapi_connection, record, _BUSY_TIMEOUT, "busy_timeout", wanted)
+
+
+def _set_pragma(dbapi_connection: Any, record: Any, key: str, pragma: str, wanted: int) -> None:
+    """Sets a connection's integer PRAGMA unless ``record.info[key]`` says it holds it."""
+    if record.info.get(key) != wanted:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={wanted}")
+        cursor.execute(f"PRAGMA {pragma}={wanted}")
         cursor.close()
-        record.info[_BUSY_TIMEOUT] = wanted
+        record.info[key] = wanted
 
 
 def _is_lock_busy(error: BaseException) -> bool:
@@ -90,6 +97,7 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._background_checkpoints = False
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -111,6 +119,8 @@ class Database:
         else:
             engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         database = cls(engine)
+        if url.startswith("sqlite"):
+            event.listen(engine, "checkout", database._set_autocheckpoint)
         try:
             database.create_all()
         except BaseException:
@@ -156,6 +166,30 @@ class Database:
             raise
         finally:
             _not_waiting.reset(token)
+
+    def checkpoint_in_background(self) -> None:
+        """From now on, commits never copy the SQLite write-ahead log into the database
+        file (SQLite does that, with an fsync, in whichever commit crosses 1,000 pages,
+        which could be one on the event loop): the caller runs :meth:`checkpoint`
+        in a thread of its own, every second or so. Nothing changes on other databases."""
+        self._background_checkpoints = True
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copies what it can of SQLite's write-ahead log into the database file without
+        waiting for readers or writers (a passive checkpoint; blocking, for a thread).
+
+        Returns the frames in the log and how many of them are now in the database file;
+        (0, 0) on other databases.
+        """
+        if not self.answers_without_io_wait:
+            return (0, 0)
+        with self.engine.connect() as connection:
+            row = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+        return int(row[1]), int(row[2])
+
+    def _set_autocheckpoint(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        wanted = 0 if self._background_checkpoints else SQLITE_AUTOCHECKPOINT_PAGES
+        _set_pragma(dbapi_connection, record, _AUTOCHECKPOINT, "wal_autocheckpoint", wanted)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
