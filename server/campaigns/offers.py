@@ -162,17 +162,47 @@ _POSTGRES: Final = [
 ]
 
 
+_PG_TRIGGERS: Final = tuple(
+    f"offer_epoch_{name}"
+    for name in (
+        "campaign_insert",
+        "campaign_update",
+        "assignment_insert",
+        "assignment_update",
+        "ecu_insert_delete",
+        "ecu_update",
+    )
+)
+
+
+def _pg_triggers_present(connection: Any) -> bool:
+    found = connection.exec_driver_sql(
+        "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ANY(%(names)s)",
+        {"names": list(_PG_TRIGGERS)},
+    ).scalar_one()
+    return int(found) == len(_PG_TRIGGERS)
+
+
 def _install(_target: Any, connection: Any, **_: Any) -> None:
     names = set(SQLModel.metadata.tables)
     if not {"campaign", "campaign_assignment", "fleet_ecu", "campaign_offer_epoch"} <= names:
         return
-    statements = _SQLITE if connection.dialect.name == "sqlite" else _POSTGRES
+    if connection.dialect.name == "sqlite":
+        statements = _SQLITE
+    elif _pg_triggers_present(connection):
+        # Replacing a trigger locks its table against writers: a process opening the
+        # database (a replica starting, a CLI command) would queue behind running
+        # servers' transactions, or deadlock with them. A later change of these
+        # definitions belongs in a migration.
+        return
+    else:
+        statements = _POSTGRES
     for statement in statements:
         connection.exec_driver_sql(statement)
 
 
-# After every table exists (the triggers name three of them); idempotent, so every
-# create_all may run it, and an older database gets the epoch at its next start.
+# After every table exists (the triggers name three of them); every create_all runs it,
+# so an older database gets the epoch at its next start.
 event.listen(SQLModel.metadata, "after_create", _install)
 
 
