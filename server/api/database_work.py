@@ -45,11 +45,6 @@ class DatabaseWork:
         self._on_loop = on_loop and database.answers_without_io_wait
         self._moved = moved
 
-    @property
-    def on_loop(self) -> bool:
-        """Whether steps are tried on the event loop first."""
-        return self._on_loop
-
     async def run(self, *steps: Callable[[], object], then: Callable[[], _T]) -> _T:
         """Runs ``steps`` and then ``then`` in order; returns what ``then`` returns.
 

@@ -122,7 +122,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
                 # read confirms "no keys", no read of the gate's.
                 result = await self._work.run(then=partial(self._check_in_keyless, request, ecus))
                 return self._answer(result, chain_held=False)
-            # A vehicle new to this process: admitted in the check-in's own thread hop.
+            # A vehicle new to this process with a manifest: the gate's read, the manifest
+            # stored and the check-in, in one piece of database work.
             result = await self._admit_and_check_in(request, ecus)
             return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
         # Before any answer: each ECU's signature, known ECUs, a fresh nonce (from memory).
