@@ -65,13 +65,6 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     record.info[_BUSY_TIMEOUT] = SQLITE_BUSY_TIMEOUT_MS
 
 
-def _set_busy_timeout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """On checkout: no wait for a connection taken by :meth:`Database.without_waiting`,
-    the usual wait for any other (set only when it changes: a statement each)."""
-    wanted = 0 if _not_waiting.get() else SQLITE_BUSY_TIMEOUT_MS
-    _set_pragma(dbapi_connection, record, _BUSY_TIMEOUT, "busy_timeout", wanted)
-
-
 def _set_pragma(dbapi_connection: Any, record: Any, key: str, pragma: str, wanted: int) -> None:
     """Sets a connection's integer PRAGMA unless ``record.info[key]`` says it holds it."""
     if record.info.get(key) != wanted:
@@ -115,12 +108,11 @@ class Database:
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_use_lifo=True
             )
             event.listen(engine, "connect", _enable_sqlite_pragmas)
-            event.listen(engine, "checkout", _set_busy_timeout)
         else:
             engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         database = cls(engine)
         if url.startswith("sqlite"):
-            event.listen(engine, "checkout", database._set_autocheckpoint)
+            event.listen(engine, "checkout", database._on_sqlite_checkout)
         try:
             database.create_all()
         except BaseException:
@@ -187,9 +179,14 @@ class Database:
             row = connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         return int(row[1]), int(row[2])
 
-    def _set_autocheckpoint(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        wanted = 0 if self._background_checkpoints else SQLITE_AUTOCHECKPOINT_PAGES
-        _set_pragma(dbapi_connection, record, _AUTOCHECKPOINT, "wal_autocheckpoint", wanted)
+    def _on_sqlite_checkout(self, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """No wait for a connection taken by :meth:`without_waiting`, the usual wait for
+        any other; no automatic checkpoint once :meth:`checkpoint_in_background` was
+        called. Each PRAGMA runs only when it changes."""
+        timeout = 0 if _not_waiting.get() else SQLITE_BUSY_TIMEOUT_MS
+        _set_pragma(dbapi_connection, record, _BUSY_TIMEOUT, "busy_timeout", timeout)
+        pages = 0 if self._background_checkpoints else SQLITE_AUTOCHECKPOINT_PAGES
+        _set_pragma(dbapi_connection, record, _AUTOCHECKPOINT, "wal_autocheckpoint", pages)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
