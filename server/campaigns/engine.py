@@ -122,12 +122,14 @@ def _join_late_vehicles(
         return
     assert campaign.id is not None  # noqa: S101 - persisted campaigns have ids
     since = as_utc(campaign.joined_until) - JOIN_LOOKBACK
-    if settled is not None and settled > since:
+    changed = col(Vehicle.changed_at) >= since
+    if settled is not None and settled >= since:
         # Without this, every step re-reads the whole last import (all changed within the
-        # look-back of the newest change) for as long as no vehicle changes again.
-        since = settled
+        # look-back of the newest change, an import's rows at one moment) for as long as
+        # no vehicle changes again. Every change up to ``settled`` was seen: look past it.
+        changed = col(Vehicle.changed_at) > settled
     newest: datetime | None = session.exec(
-        select(func.max(Vehicle.changed_at)).where(col(Vehicle.changed_at) >= since)
+        select(func.max(Vehicle.changed_at)).where(changed)
     ).one()
     if newest is None:
         return
@@ -144,7 +146,7 @@ def _join_late_vehicles(
         literal(now),
         literal("joined after the start"),
     ).where(
-        col(Vehicle.changed_at) >= since,
+        changed,
         *FleetSelector.from_json(campaign.selector).conditions(),
         ~mine,
         ~busy_elsewhere(campaign.id),
@@ -204,13 +206,15 @@ def _release(
                 for wave, site in held
             ]
             queued = queued.where(not_(or_(*at_site)))
-    released_recently = session.exec(
-        select(func.count())
-        .select_from(Assignment)
-        .where(Assignment.campaign_id == campaign.id)
-        .where(col(Assignment.released_at) > now - PACING_PERIOD)
-    ).one()
-    budget = plan.pacing.budget(int(released_recently))
+    budget = None
+    if plan.pacing.max_per_minute:
+        released_recently = session.exec(
+            select(func.count())
+            .select_from(Assignment)
+            .where(Assignment.campaign_id == campaign.id)
+            .where(col(Assignment.released_at) > now - PACING_PERIOD)
+        ).one()
+        budget = plan.pacing.budget(int(released_recently))
     if budget == 0:
         return 0
     if budget is not None:
@@ -287,7 +291,10 @@ def step_campaign(
     met_at = None if campaign.gate_met_at is None else as_utc(campaign.gate_met_at)
     if campaign.current_wave < len(plan.waves) and gate.soaked(met_at, now):
         open_wave(session, campaign, now)
-    released = _release(session, campaign, plan, now, staging_wait)
+    # The counts were taken after late joiners were queued, so they tell whether the open
+    # waves hold anything to release: a step with nothing queued skips the pacing reads.
+    queued = sum(c.queued for wave, c in counts.items() if wave <= campaign.current_wave)
+    released = _release(session, campaign, plan, now, staging_wait) if queued else 0
     unfinished = sum(
         c.queued + c.pending + c.in_progress
         for wave, c in counts.items()
