@@ -39,6 +39,7 @@ from server.repository.director import (
 )
 from server.repository.manifests import manifest_required
 from server.store import Database
+from server.store.direct import DirectStatement
 from server.validation import check_sha256, check_vin
 
 MIN_NONCE_BYTES = 16
@@ -116,7 +117,7 @@ _LOAD_BUNDLE = (
 _LOAD_IMAGES = sql_select(*_IMAGE_COLUMNS).where(
     _IMAGES.c.target_name.in_(bindparam("names", expanding=True))
 )
-_LOAD_VEHICLE = (
+_LOAD_VEHICLE = DirectStatement(
     sql_select(
         _VEHICLES.c.site,
         _VEHICLES.c.last_seen,
@@ -130,22 +131,22 @@ _LOAD_VEHICLE = (
     .where(_VEHICLES.c.vin == bindparam("vin"))
     .order_by(_ECUS.c.serial)
 )
-_SET_INSTALLED = (
+_SET_INSTALLED = DirectStatement(
     update(_ECUS)
     .where(_ECUS.c.serial == bindparam("ecu_serial"))
     .values(installed_sha256=bindparam("sha256"))
 )
-_SET_CHANGED = (
+_SET_CHANGED = DirectStatement(
     update(_VEHICLES)
     .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
     .values(changed_at=bindparam("changed_at"))
 )
-_SET_LAST_SEEN = (
+_SET_LAST_SEEN = DirectStatement(
     update(_VEHICLES)
     .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
     .values(last_seen=bindparam("seen"))
 )
-_OPEN_ASSIGNMENT = (
+_OPEN_ASSIGNMENT = DirectStatement(
     sql_select(
         _ASSIGNMENTS.c.id,
         _ASSIGNMENTS.c.state,
@@ -180,7 +181,7 @@ _OPEN_ASSIGNMENT = (
 )
 
 
-_FAIL_UNMATCHED = (
+_FAIL_UNMATCHED = DirectStatement(
     update(_ASSIGNMENTS)
     .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
     .values(
@@ -191,7 +192,7 @@ _FAIL_UNMATCHED = (
         updated_at=bindparam("now"),
     )
 )
-_TAKE = (
+_TAKE = DirectStatement(
     update(_ASSIGNMENTS)
     .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
     .values(
@@ -205,7 +206,7 @@ _TAKE = (
 
 
 def _load_registered(connection: Connection, vin: str) -> _Registered:
-    rows = connection.execute(_LOAD_VEHICLE, {"vin": vin}).all()
+    rows = _LOAD_VEHICLE.rows(connection, {"vin": vin})
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
     ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
@@ -255,9 +256,9 @@ def _record_inventory(
         if ecu.installed_sha256 != known.installed_sha256:
             changed.append({"ecu_serial": ecu.serial, "sha256": ecu.installed_sha256})
     if changed:
-        connection.execute(_SET_INSTALLED, changed)
+        _SET_INSTALLED.execute(connection, changed)
         # Installed images are a selector: the vehicle may now join a campaign.
-        connection.execute(_SET_CHANGED, {"vehicle_vin": vin, "changed_at": now})
+        _SET_CHANGED.execute(connection, {"vehicle_vin": vin, "changed_at": now})
         installed = {c["ecu_serial"]: c["sha256"] for c in changed}
         registered = _Registered(
             site=registered.site,
@@ -269,13 +270,13 @@ def _record_inventory(
         )
     last_seen = registered.last_seen
     if write_last_seen and (last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION):
-        connection.execute(_SET_LAST_SEEN, {"vehicle_vin": vin, "seen": now})
+        _SET_LAST_SEEN.execute(connection, {"vehicle_vin": vin, "seen": now})
     return registered, bool(changed)
 
 
 def _open_assignment(connection: Connection, vin: str) -> _Open | None:
     """The assignment to offer: released in a running campaign, or taken in a paused one."""
-    row = connection.execute(_OPEN_ASSIGNMENT, {"vin": vin}).first()
+    row = _OPEN_ASSIGNMENT.first(connection, {"vin": vin})
     if row is None:
         return None
     return _Open(
@@ -483,12 +484,12 @@ def _check_in_once(
             return registered, changed, None, None
         targets = _targets(connection, found, registered.ecus)
         if not targets:
-            connection.execute(_FAIL_UNMATCHED, {"assignment_id": found.assignment_id, "now": now})
+            _FAIL_UNMATCHED.execute(connection, {"assignment_id": found.assignment_id, "now": now})
             return registered, changed, found, None
         if found.state == AssignmentState.PENDING:
             previous = {e.serial: e.installed_sha256 for e in registered.ecus}
-            connection.execute(
-                _TAKE,
+            _TAKE.execute(
+                connection,
                 {
                     "assignment_id": found.assignment_id,
                     "now": now,
