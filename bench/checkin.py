@@ -181,6 +181,11 @@ class Server:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def pin(self, cpu: int) -> None:
+        """Confines the process, every thread it has and every one it starts, to ``cpu``."""
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpu})
+
     def stop(self) -> None:
         """SIGTERM, then wait."""
         self.process.terminate()
@@ -578,8 +583,10 @@ def h2load_measure(
     method: str,
     body: Path,
     seconds: float,
+    cpus: set[int] | None = None,
 ) -> Figure:
-    """One window of h2load against ``method`` (gRPC over h2c), one thread."""
+    """One window of h2load against ``method`` (gRPC over h2c), one thread; confined to
+    ``cpus`` when given."""
     command = [
         h2load, "-t", "1", "-c", str(H2LOAD_CONNECTIONS), "-m", str(H2LOAD_STREAMS),
         "--warm-up-time", "1", "-D", str(int(max(1, seconds))), "-d", str(body),
@@ -589,7 +596,12 @@ def h2load_measure(
     cpu_before = sum(s.cpu_seconds() for s in servers)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 120, check=False
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=False,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     cpu_after = sum(s.cpu_seconds() for s in servers)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -615,6 +627,35 @@ def h2load_measure(
         server_cpu=(cpu_after - cpu_before) * share,
         generator_cpu=generator * share,
     )
+
+
+def h2load_rows(
+    h2load: str,
+    servers: Sequence[Server],
+    target: str,
+    *,
+    label: str,
+    bodies: tuple[Path, Path, Path],
+    seconds: float,
+    cpus: set[int] | None = None,
+) -> tuple[Figure, Figure, Figure]:
+    """h2load's no-op, nothing-to-do and repeat-offer windows (``bodies`` in that order)."""
+    noop_body, quiet_body, repeat_body = bodies
+    check_in = "/staffel.v1.VehicleService/CheckIn"
+    return (
+        h2load_measure(
+            h2load, servers, target, name=f"h2load no-op, {label}",
+            method="/grpc.health.v1.Health/Check", body=noop_body, seconds=seconds, cpus=cpus,
+        ),
+        h2load_measure(
+            h2load, servers, target, name=f"h2load nothing to do, {label}", method=check_in,
+            body=quiet_body, seconds=seconds, cpus=cpus,
+        ),
+        h2load_measure(
+            h2load, servers, target, name=f"h2load repeat offer, {label}", method=check_in,
+            body=repeat_body, seconds=seconds, cpus=cpus,
+        ),
+    )  # fmt: skip
 
 
 async def _answers(target: str, quiet_number: int, offered_number: int) -> tuple[str, str, str]:
@@ -659,6 +700,17 @@ def wait_presigned(http_port: int, released: int) -> tuple[int, float]:
         if time.monotonic() - started > 1800:
             raise SystemExit("pre-signing did not finish within 30 minutes")
         time.sleep(0.2)
+
+
+def cores_busy(rows: dict[int, tuple[Figure, Figure, Figure]]) -> None:
+    """Prints how many cores the servers and h2load kept busy in each h2load window."""
+    for figure in (*rows[1], *rows[2]):
+        servers_busy = figure.server_cpu / figure.seconds
+        generator_busy = figure.generator_cpu / figure.seconds
+        print(
+            f"  {figure.name:<46} cores busy: servers {servers_busy:.2f} + h2load "
+            f"{generator_busy:.2f} = {servers_busy + generator_busy:.2f} of {os.cpu_count()}"
+        )
 
 
 def table(title: str, figures: Sequence[Figure], baseline: float) -> None:
@@ -801,8 +853,10 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             noop_body.write_bytes(_grpc_body(health_pb2.HealthCheckRequest(service="")))
             quiet_body.write_bytes(_grpc_body(check_in_request(quiet[0], nonce=H2LOAD_NONCE)))
             repeat_body.write_bytes(_grpc_body(check_in_request(offered[0], nonce=H2LOAD_NONCE)))
+            bodies = (noop_body, quiet_body, repeat_body)
             scaled: dict[int, tuple[Figure, Figure]] = {}
             light: dict[int, tuple[Figure, Figure, Figure]] = {}
+            pinned: dict[int, tuple[Figure, Figure, Figure]] = {}
             for count in (1, 2):
                 servers = [
                     Server(root, f"reuse-{count}-{i}", [*common, "--reuse-port"])
@@ -826,22 +880,27 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                     raise SystemExit(
                         f"h2load's requests would not measure what they say: {answers}"
                     )
-                light[count] = (
-                    h2load_measure(
-                        h2load, servers, target, name=f"h2load no-op, {label}",
-                        method="/grpc.health.v1.Health/Check", body=noop_body,
-                        seconds=sizes.seconds,
-                    ),
-                    h2load_measure(
-                        h2load, servers, target, name=f"h2load nothing to do, {label}",
-                        method="/staffel.v1.VehicleService/CheckIn", body=quiet_body,
-                        seconds=sizes.seconds,
-                    ),
-                    h2load_measure(
-                        h2load, servers, target, name=f"h2load repeat offer, {label}",
-                        method="/staffel.v1.VehicleService/CheckIn", body=repeat_body,
-                        seconds=sizes.seconds,
-                    ),
+                light[count] = h2load_rows(
+                    h2load, servers, target, label=label, bodies=bodies, seconds=sizes.seconds
+                )
+                for each in servers:
+                    each.stop()
+            # One process per core: each server confined to a core of its own, h2load to
+            # the next core where there is one (the 2-process run on 2 cores: none).
+            for count in (1, 2):
+                servers = [
+                    Server(root, f"pinned-{count}-{i}", [*common, "--reuse-port"])
+                    for i in range(count)
+                ]
+                for cpu, each in enumerate(servers):
+                    each.pin(cpu)
+                for _ in range(2 * count):
+                    warm(pool, target, quiet, sizes)
+                spare = {count} if (os.cpu_count() or 1) > count else None
+                label = f"{count} process{'es' if count > 1 else ''}, pinned"
+                pinned[count] = h2load_rows(
+                    h2load, servers, target, label=label, bodies=bodies, seconds=sizes.seconds,
+                    cpus=spare,
                 )  # fmt: skip
                 for each in servers:
                     each.stop()
@@ -866,18 +925,25 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             "  (with --reuse-port the port is shared, so a check-in may reach either process; "
             "a process answers a vehicle new to it from the database once)"
         )
-        for figure in (*light[1], *light[2]):
-            servers_busy = figure.server_cpu / figure.seconds
-            generator_busy = figure.generator_cpu / figure.seconds
-            print(
-                f"  {figure.name:<38} cores busy: servers {servers_busy:.2f} + h2load "
-                f"{generator_busy:.2f} = {servers_busy + generator_busy:.2f} of {os.cpu_count()}"
-            )
+        cores_busy(light)
         light_scaling = light[2][1].rate / light[1][1].rate
         offer_scaling = light[2][2].rate / light[1][2].rate
         print(
             f"  scaling 1 -> 2 processes: no-op {light[2][0].rate / light[1][0].rate:.2f}x, "
             f"nothing to do {light_scaling:.2f}x, repeat offer {offer_scaling:.2f}x"
+        )
+        table(
+            "One process per core: each server confined to its own core, h2load to a spare "
+            "core where there is one (none for 2 processes on 2 cores); ratios against the "
+            "1-process no-op",
+            [*pinned[1], *pinned[2]],
+            pinned[1][0].rate,
+        )
+        cores_busy(pinned)
+        pinned_scaling = [pinned[2][i].rate / pinned[1][i].rate for i in range(3)]
+        print(
+            f"  scaling 1 -> 2 processes, one per core: no-op {pinned_scaling[0]:.2f}x, "
+            f"nothing to do {pinned_scaling[1]:.2f}x, repeat offer {pinned_scaling[2]:.2f}x"
         )
         print("\nVehicle version manifest verified in-process (microseconds each)")
         for label, micros in manifest_figures(root, 200 if sizes.fleet < 50_000 else 2000):
@@ -894,9 +960,11 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             f"{first_polled.rate:.0f}/s pre-signed ({first_unseen.rate:.0f}/s for vehicles "
             f"never seen), repeat {repeat.rate:.0f}/s "
             f"({light[1][2].rate:.0f}/s with h2load); "
-            f"1 -> 2 processes >= 1.7x with h2load: nothing to do {light_scaling:.2f}x "
-            f"({'met' if light_scaling >= 1.7 else 'not met'}), repeat offer "
-            f"{offer_scaling:.2f}x ({'met' if offer_scaling >= 1.7 else 'not met'}); "
+            f"1 -> 2 processes >= 1.7x, one per core (h2load): nothing to do "
+            f"{pinned_scaling[1]:.2f}x, repeat offer {pinned_scaling[2]:.2f}x "
+            f"({'met' if min(pinned_scaling[1:]) >= 1.7 else 'not met'}); unconfined "
+            f"(a single process also uses part of the second core): nothing to do "
+            f"{light_scaling:.2f}x, repeat offer {offer_scaling:.2f}x; "
             f"{scaled[2][1].rate / scaled[1][1].rate:.2f}x with the Python load generators"
         )
 
