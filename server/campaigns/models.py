@@ -99,12 +99,8 @@ class Assignment(SQLModel, table=True):
     __tablename__ = "campaign_assignment"
     __table_args__ = (
         UniqueConstraint("campaign_id", "vin"),
-        # No index holds a column that changes as a vehicle moves through the campaign
-        # (state, times, last event): such an update then writes no index entry, and on
-        # PostgreSQL it can stay on its page (a HOT update). Every query that filters by
-        # state also names the campaign or the vehicle, which these find.
-        Index("ix_assignment_campaign_wave", "campaign_id", "wave"),
-        Index("ix_assignment_vin", "vin"),
+        Index("ix_assignment_campaign_wave_state", "campaign_id", "wave", "state"),
+        Index("ix_assignment_vin_state", "vin", "state"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
