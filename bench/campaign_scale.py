@@ -9,7 +9,8 @@ imports the fleet (CSV import, three hardware variants), starts a campaign of wa
 1 %, 10 %, 50 %, 100 % with a success gate of 90 % and no soak, then drives it with
 virtual vehicles to completion. Each vehicle of an open wave checks in (it is offered its
 assignment) and reports DOWNLOADED, INSTALLED, REBOOTED, HEALTHY, COMMITTED; the campaign
-engine steps between waves.
+engine steps between waves, and again while the wave it opened holds more than one
+step releases (``--release-batch``).
 
 The virtual vehicles call the server's functions directly, in this process
 (``server.campaigns.checkin.check_in`` and ``server.campaigns.events.record_events``), not
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.auth.roles import Principal, Role
 from server.campaigns.checkin import check_in
-from server.campaigns.engine import JOIN_LOOKBACK, CampaignEngine
+from server.campaigns.engine import JOIN_LOOKBACK, RELEASE_BATCH, CampaignEngine
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.gates import Gate
 from server.campaigns.lifecycle import CampaignActions
@@ -191,7 +192,9 @@ def pending(database: Database, campaign: int) -> list[int]:
     return sorted(int(v[3:]) for v in vins)
 
 
-def run_backend(backend: str, url: str, size: int, *, sign: bool, keys: Path) -> Report:
+def run_backend(
+    backend: str, url: str, size: int, *, sign: bool, keys: Path, release_batch: int
+) -> Report:
     """The whole campaign on one database."""
     report = Report(backend)
     database = Database.from_url(url)
@@ -204,13 +207,14 @@ def run_backend(backend: str, url: str, size: int, *, sign: bool, keys: Path) ->
         director.initialize()
     else:
         director = cast(Director, StubDirector())
-    engine = CampaignEngine(database)
+    engine = CampaignEngine(database, release_batch=release_batch)
     presence = LastSeenBuffer()
 
-    def step(label: str) -> None:
+    def step(label: str) -> int:
         started = time.perf_counter()
-        engine.step()
+        released = sum(outcome.released for outcome in engine.step())
         report.steps.append((label, time.perf_counter() - started))
+        return released
 
     try:
         with report.phase("import the fleet (CSV)", writes, size):
@@ -260,8 +264,14 @@ def run_backend(backend: str, url: str, size: int, *, sign: bool, keys: Path) ->
                             for kind in SUCCESS
                         ],
                     )
-            with report.phase(f"wave {wave}: engine step (gate, next wave)", writes):
-                step(f"after wave {wave}'s reports")
+            with report.phase(f"wave {wave}: engine steps (gate, next wave)", writes):
+                released = step(f"after wave {wave}'s reports")
+                # A wave larger than the release batch opens over consecutive steps (the
+                # server runs one every second).
+                more = 1
+                while released == release_batch:
+                    more += 1
+                    released = step(f"  wave {wave + 1}'s release, step {more}")
         for _ in range(2):
             step("idle, campaign completed")
     finally:
@@ -330,11 +340,16 @@ def main() -> int:
         "--backend", choices=("both", "sqlite", "postgresql"), default="both",
         help="which database(s) to run the campaign on",
     )  # fmt: skip
+    parser.add_argument(
+        "--release-batch", type=int, default=RELEASE_BATCH,
+        help=f"most assignments one engine step releases (default {RELEASE_BATCH:,})",
+    )  # fmt: skip
     args = parser.parse_args()
     size = args.vehicles or (5_000 if args.small else 100_000)
     print(
         f"check-ins and events called in-process (no gRPC); Director "
-        f"{'signing for real' if args.sign else 'stubbed'}; {os.cpu_count()} cores"
+        f"{'signing for real' if args.sign else 'stubbed'}; {os.cpu_count()} cores; "
+        f"release batch {args.release_batch:,} assignments a step"
     )
     with tempfile.TemporaryDirectory(prefix="staffel-campaign-") as tmp:
         root = Path(tmp)
@@ -345,14 +360,17 @@ def main() -> int:
         if args.backend in ("both", "sqlite"):
             sqlite = run_backend(
                 "SQLite", f"sqlite:///{root / 'staffel.db'}", size, sign=args.sign,
-                keys=root / "keys",
+                keys=root / "keys", release_batch=args.release_batch,
             )  # fmt: skip
             print_report(sqlite, size)
         if args.backend == "sqlite":
             return 0
         with scratch_postgres(args.postgres_admin) as url:
             if url is not None:
-                pg = run_backend("PostgreSQL", url, size, sign=args.sign, keys=root / "keys")
+                pg = run_backend(
+                    "PostgreSQL", url, size, sign=args.sign, keys=root / "keys",
+                    release_batch=args.release_batch,
+                )  # fmt: skip
                 print_report(pg, size)
     return 0
 

@@ -37,7 +37,7 @@ from server.api.vehicles import VehicleServicer
 from server.auth.interceptor import AuthInterceptor
 from server.auth.roles import Principal, Role
 from server.auth.tokens import create_token
-from server.campaigns.engine import CampaignEngine
+from server.campaigns.engine import RELEASE_BATCH, CampaignEngine
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import FLUSH_INTERVAL_SECONDS, LastSeenBuffer
 from server.campaigns.presign import Presigner, PresignLoop
@@ -93,6 +93,8 @@ class ServerConfig:
     engine_interval_seconds: float = 1.0
     # How long a site's relay that has not staged a wave's bundle may hold the wave there.
     staging_wait: timedelta = DEFAULT_WAIT
+    # At most this many assignments released by one engine step (a larger wave takes more).
+    release_batch: int = RELEASE_BATCH
     # SO_REUSEPORT on both listeners, so one server process per core can share the ports.
     # Off by default: a port that is busy is then an error, not a silent second server.
     reuse_port: bool = False
@@ -147,7 +149,12 @@ class StaffelServer:
         self.blobs = BlobStore(config.data_dir / "blobs")
         self.image_repo = ImageRepository(self.database, keys)
         self.director = Director(self.database, keys, clock=clock)
-        self.engine = CampaignEngine(self.database, clock=clock, staging_wait=config.staging_wait)
+        self.engine = CampaignEngine(
+            self.database,
+            clock=clock,
+            staging_wait=config.staging_wait,
+            release_batch=config.release_batch,
+        )
         self.engine_lock = EngineLock(self.database.engine)
         self.image_repo.initialize()
         self.director.initialize()
@@ -452,6 +459,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between campaign engine steps (gates, waves, pacing)",
     )
     parser.add_argument(
+        "--release-batch",
+        type=int,
+        default=RELEASE_BATCH,
+        help="most assignments one engine step releases; a larger wave opens over "
+        f"consecutive steps (default {RELEASE_BATCH:,})",
+    )
+    parser.add_argument(
         "--vehicle-threads",
         type=int,
         help="threads for vehicles' database work (default: 1 on SQLite, 8 on PostgreSQL)",
@@ -524,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.poll_seconds <= 86_400:
         print("staffel-server: --poll-seconds must be 1 to 86400", file=sys.stderr)
         return 2
+    if args.release_batch < 1:
+        print("staffel-server: --release-batch must be at least 1", file=sys.stderr)
+        return 2
     config = ServerConfig(
         data_dir=args.data_dir,
         keys_dir=args.keys_dir or args.data_dir / "keys",
@@ -536,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         vehicle_threads=args.vehicle_threads,
         vehicle_work_on_loop=not args.vehicle_work_in_threads,
         staging_wait=timedelta(seconds=args.staging_wait),
+        release_batch=args.release_batch,
         reuse_port=args.reuse_port,
         auto_migrate=args.auto_migrate,
         shutdown_delay_seconds=args.shutdown_delay,

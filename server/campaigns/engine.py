@@ -34,6 +34,7 @@ from server.campaigns.models import (
 )
 from server.campaigns.plan import CampaignPlan
 from server.clock import Clock, as_utc, system_clock
+from server.errors import InvalidArgumentError
 from server.fleet.models import Vehicle
 from server.fleet.selectors import FleetSelector
 from server.staging.gate import DEFAULT_WAIT, held_sites
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 # registration that committed late is not missed; the anti-join makes it harmless.
 JOIN_LOOKBACK = timedelta(seconds=10)
 PACING_PERIOD = timedelta(minutes=1)
+# At most this many assignments become pending in one step: a step's transaction, and the
+# row locks that make check-ins of those vehicles wait, stay bounded whatever the wave's
+# size (50,000 on PostgreSQL: 0.5-0.8 s in the one UPDATE). A larger wave opens over
+# consecutive steps, earlier waves first.
+RELEASE_BATCH = 10_000
 _ASSIGNMENT_TABLE = SQLModel.metadata.tables["campaign_assignment"]
 
 
@@ -173,10 +179,16 @@ def _join_late_vehicles(
 
 
 def _release(
-    session: Session, campaign: Campaign, plan: CampaignPlan, now: datetime, wait: timedelta
+    session: Session,
+    campaign: Campaign,
+    plan: CampaignPlan,
+    now: datetime,
+    wait: timedelta,
+    *,
+    batch: int,
 ) -> int:
-    """Queued assignments of the open waves become pending, within the pacing budget;
-    returns how many.
+    """Queued assignments of the open waves become pending, within the pacing budget and
+    at most ``batch`` of them; returns how many.
 
     An update's wave opens at a site with a relay only once the relay holds the bundle, or
     ``wait`` after the engine first asked (``server.staging.gate``).
@@ -206,7 +218,7 @@ def _release(
                 for wave, site in held
             ]
             queued = queued.where(not_(or_(*at_site)))
-    budget = None
+    budget = batch
     if plan.pacing.max_per_minute:
         released_recently = session.exec(
             select(func.count())
@@ -214,11 +226,11 @@ def _release(
             .where(Assignment.campaign_id == campaign.id)
             .where(col(Assignment.released_at) > now - PACING_PERIOD)
         ).one()
-        budget = plan.pacing.budget(int(released_recently))
+        paced = plan.pacing.budget(int(released_recently))
+        budget = budget if paced is None else min(budget, paced)
     if budget == 0:
         return 0
-    if budget is not None:
-        queued = queued.order_by(col(Assignment.wave), col(Assignment.id)).limit(budget)
+    queued = queued.order_by(col(Assignment.wave), col(Assignment.id)).limit(budget)
     result = cast(
         CursorResult[Any],
         session.execute(
@@ -248,12 +260,13 @@ def step_campaign(
     *,
     staging_wait: timedelta = DEFAULT_WAIT,
     settled: datetime | None = None,
+    release_batch: int = RELEASE_BATCH,
 ) -> StepOutcome | None:
     """One engine step of one campaign inside ``session``; None if it is not running.
 
     ``staging_wait`` is how long a site's relay that has not staged the bundle may hold
     back a wave at its site. ``settled``: see :func:`_join_late_vehicles` (None: the full
-    look-back).
+    look-back). ``release_batch``: at most this many assignments are released.
     """
     from server.campaigns.rollback import start_rollback  # noqa: PLC0415 - import cycle
 
@@ -294,7 +307,9 @@ def step_campaign(
     # The counts were taken after late joiners were queued, so they tell whether the open
     # waves hold anything to release: a step with nothing queued skips the pacing reads.
     queued = sum(c.queued for wave, c in counts.items() if wave <= campaign.current_wave)
-    released = _release(session, campaign, plan, now, staging_wait) if queued else 0
+    released = (
+        _release(session, campaign, plan, now, staging_wait, batch=release_batch) if queued else 0
+    )
     unfinished = sum(
         c.queued + c.pending + c.in_progress
         for wave, c in counts.items()
@@ -318,8 +333,12 @@ class CampaignEngine:
         *,
         clock: Clock = system_clock,
         staging_wait: timedelta = DEFAULT_WAIT,
+        release_batch: int = RELEASE_BATCH,
     ) -> None:
+        if release_batch < 1:
+            raise InvalidArgumentError("the release batch must be at least 1 assignment a step")
         self._database = database
+        self._release_batch = release_batch
         self._clock = clock
         # Per campaign: (newest change seen, when a step looked back over it). Once a step
         # ran JOIN_LOOKBACK after the newest change, every change up to it had committed and
@@ -349,7 +368,12 @@ class CampaignEngine:
             settled = seen[0] if seen is not None and seen[1] - seen[0] >= JOIN_LOOKBACK else None
             with self._database.session() as session:
                 outcome = step_campaign(
-                    session, campaign_id, now, staging_wait=self._staging_wait, settled=settled
+                    session,
+                    campaign_id,
+                    now,
+                    staging_wait=self._staging_wait,
+                    settled=settled,
+                    release_batch=self._release_batch,
                 )
                 joined_until = session.exec(
                     select(Campaign.joined_until).where(Campaign.id == campaign_id)

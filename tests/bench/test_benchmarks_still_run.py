@@ -28,6 +28,19 @@ def test_campaign_scale_runs_on_both_databases() -> None:
     assert "rows written by table" in out
 
 
+def test_campaign_scale_releases_a_large_wave_over_several_steps() -> None:
+    out = _run(
+        "bench/campaign_scale.py", "--vehicles", "2000", "--backend", "sqlite",
+        "--release-batch", "300",
+    )  # fmt: skip
+    # Waves 3 and 4 add 800 and 1,000 of the 2,000 vehicles: 3 and 4 steps of at most 300.
+    assert "wave 3's release, step 3" in out
+    assert "wave 3's release, step 4" not in out
+    assert "wave 4's release, step 4" in out
+    assert "wave 4's release, step 5" not in out
+    assert "idle, campaign completed" in out
+
+
 def test_tuf_scale_runs() -> None:
     out = _run("bench/tuf_scale.py", "--images", "100")
     assert "refresh after one new image" in out

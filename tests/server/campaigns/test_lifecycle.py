@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import select
 
 from keys.keyset import KeySet, init_keyset
+from server.app import main as server_main
 from server.auth.models import AuditEntry
 from server.campaigns.checkin import CheckInResult, check_in
 from server.campaigns.eligibility import MaintenanceWindow, Pacing
@@ -201,6 +202,41 @@ def test_pacing_releases_at_most_n_per_minute(env: Env) -> None:
     assert env.view(campaign_id).counts[AssignmentState.QUEUED] == 0
 
 
+def test_a_wave_larger_than_the_release_batch_opens_over_consecutive_steps(env: Env) -> None:
+    vins = [add_vehicle(env.database, n) for n in range(1, 11)]
+    plan = CampaignPlan(waves=(WaveSpec(count=2), WaveSpec(percent=100.0)), gate=OPEN_GATE)
+    campaign_id = env.launch(plan)
+    engine = CampaignEngine(env.database, clock=env.clock, release_batch=3)
+    first = [a.vin for a in env.view(campaign_id).assignments if a.wave == 1]
+    for vin in first:
+        record_events(env.database, vin, success(env.check_in(vin).assignment_id), clock=env.clock)
+    released = [sum(outcome.released for outcome in engine.step()) for _ in range(4)]
+    assert released == [3, 3, 2, 0]
+    view = env.view(campaign_id)
+    assert view.current_wave == 2
+    assert view.counts[AssignmentState.QUEUED] == 0
+    assert view.counts[AssignmentState.PENDING] == 8
+    assert sum(bool(env.check_in(v).assignment_id) for v in vins if v not in first) == 8
+
+
+def test_pacing_and_the_release_batch_whichever_is_smaller(env: Env) -> None:
+    for n in range(1, 11):
+        add_vehicle(env.database, n)
+    campaign_id = env.launch(CampaignPlan(gate=OPEN_GATE, pacing=Pacing(max_per_minute=5)))
+    assert env.view(campaign_id).counts[AssignmentState.PENDING] == 5
+    engine = CampaignEngine(env.database, clock=env.clock, release_batch=2)
+    env.clock.advance(seconds=61)
+    assert sum(outcome.released for outcome in engine.step()) == 2
+    assert sum(outcome.released for outcome in engine.step()) == 2
+    assert sum(outcome.released for outcome in engine.step()) == 1  # the pacing budget's last
+    assert env.view(campaign_id).counts[AssignmentState.QUEUED] == 0
+
+
+def test_a_release_batch_below_one_is_refused(database: Database) -> None:
+    with pytest.raises(InvalidArgumentError, match="at least 1"):
+        CampaignEngine(database, release_batch=0)
+
+
 def test_install_only_inside_the_maintenance_window(env: Env) -> None:
     inside_vin = add_vehicle(env.database, 1, site="plant-a")
     outside_vin = add_vehicle(env.database, 2, site="plant-a")
@@ -371,3 +407,10 @@ def test_a_resent_report_is_counted_once_and_changes_nothing(env: Env) -> None:
     with env.database.session() as session:
         stored = session.exec(select(VehicleEventRecord.kind)).all()
     assert sorted(stored) == ["downloaded", "installed"]
+
+
+def test_the_server_refuses_a_release_batch_below_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert server_main(["--data-dir", str(tmp_path), "--release-batch", "0"]) == 2
+    assert "--release-batch must be at least 1" in capsys.readouterr().err
