@@ -241,7 +241,12 @@ class StaffelServer:
             server,
         )
         campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
-            CampaignServicer(database=self.database, clock=self.clock), server
+            CampaignServicer(
+                database=self.database,
+                clock=self.clock,
+                release_batch=self.config.release_batch,
+            ),
+            server,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
             AuthServicer(database=self.database), server

@@ -11,6 +11,7 @@ from staffel.v1 import campaign_pb2, campaign_pb2_grpc
 
 from server.api.convert import campaign_message, plan_from, selector_from
 from server.auth.interceptor import caller
+from server.campaigns.engine import RELEASE_BATCH
 from server.campaigns.lifecycle import CampaignActions
 from server.campaigns.views import get_campaign, list_campaigns
 from server.campaigns.watch import watch_campaign
@@ -29,10 +30,11 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         database: Database,
         clock: Clock = system_clock,
         watch_interval_seconds: float = 0.5,
+        release_batch: int = RELEASE_BATCH,
     ) -> None:
         self._database = database
         self._clock = clock
-        self._actions = CampaignActions(database, clock=clock)
+        self._actions = CampaignActions(database, clock=clock, release_batch=release_batch)
         self._watch_interval = watch_interval_seconds
 
     async def CreateCampaign(

@@ -324,6 +324,13 @@ def step_campaign(
     return StepOutcome(public_id, campaign.state, campaign.current_wave, released)
 
 
+def checked_release_batch(release_batch: int) -> int:
+    """Returns ``release_batch``, or raises InvalidArgumentError if it is below 1."""
+    if release_batch < 1:
+        raise InvalidArgumentError("the release batch must be at least 1 assignment a step")
+    return release_batch
+
+
 class CampaignEngine:
     """Steps every running campaign; the server runs it on an interval, tests directly."""
 
@@ -335,10 +342,8 @@ class CampaignEngine:
         staging_wait: timedelta = DEFAULT_WAIT,
         release_batch: int = RELEASE_BATCH,
     ) -> None:
-        if release_batch < 1:
-            raise InvalidArgumentError("the release batch must be at least 1 assignment a step")
         self._database = database
-        self._release_batch = release_batch
+        self._release_batch = checked_release_batch(release_batch)
         self._clock = clock
         # Per campaign: (newest change seen, when a step looked back over it). Once a step
         # ran JOIN_LOOKBACK after the newest change, every change up to it had committed and

@@ -16,7 +16,14 @@ from sqlmodel import Session, col, select
 
 from server.auth import audit
 from server.auth.roles import Permission, Principal
-from server.campaigns.engine import busy_elsewhere, campaign_public_id, open_wave, step_campaign
+from server.campaigns.engine import (
+    RELEASE_BATCH,
+    busy_elsewhere,
+    campaign_public_id,
+    checked_release_batch,
+    open_wave,
+    step_campaign,
+)
 from server.campaigns.events import FailureType
 from server.campaigns.models import (
     FAILURE_STATES,
@@ -47,11 +54,22 @@ MAX_REASON_CHARS = 512
 
 
 class CampaignActions:
-    """The release managers' actions on campaigns, with one clock for all of them."""
+    """The release managers' actions on campaigns, with one clock for all of them.
 
-    def __init__(self, database: Database, *, clock: Clock = system_clock) -> None:
+    ``release_batch``: a start or a retry releases at most this many assignments at once,
+    as one engine step does; the engine releases the rest.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Clock = system_clock,
+        release_batch: int = RELEASE_BATCH,
+    ) -> None:
         self._database = database
         self._clock = clock
+        self._release_batch = checked_release_batch(release_batch)
 
     def _locked(self, session: Session, public_id: str) -> Campaign:
         campaign = session.exec(
@@ -201,7 +219,7 @@ class CampaignActions:
             )
             session.add(campaign)
             session.flush()
-            step_campaign(session, campaign.id, now)
+            step_campaign(session, campaign.id, now, release_batch=self._release_batch)
             return view_of(session, campaign, now)
 
     def pause(self, actor: Principal, public_id: str, reason: str = "") -> CampaignView:
@@ -354,7 +372,7 @@ class CampaignActions:
                 vehicles=retried,
             )
             session.flush()
-            step_campaign(session, campaign.id, now)
+            step_campaign(session, campaign.id, now, release_batch=self._release_batch)
             session.expire_all()
             refreshed = session.get(Campaign, campaign.id)
             assert refreshed is not None  # noqa: S101 - locked above

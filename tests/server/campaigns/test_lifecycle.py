@@ -232,9 +232,34 @@ def test_pacing_and_the_release_batch_whichever_is_smaller(env: Env) -> None:
     assert env.view(campaign_id).counts[AssignmentState.QUEUED] == 0
 
 
+def test_a_start_and_a_retry_release_no_more_than_the_release_batch(env: Env) -> None:
+    vins = [add_vehicle(env.database, n) for n in range(1, 8)]
+    actions = CampaignActions(env.database, clock=env.clock, release_batch=3)
+    created = actions.create(
+        ALICE, name="gw-2", bundle_id=env.bundle, selector=FleetSelector("sedan"),
+        plan=CampaignPlan(gate=Gate(success_percent=100.0, max_failure_percent=None)),
+    )  # fmt: skip
+    actions.approve(BOB, created.campaign_id)
+    campaign_id = actions.start(ALICE, created.campaign_id).campaign_id
+    view = env.view(campaign_id)
+    assert (view.counts[AssignmentState.PENDING], view.counts[AssignmentState.QUEUED]) == (3, 4)
+    engine = CampaignEngine(env.database, clock=env.clock, release_batch=3)
+    assert [sum(o.released for o in engine.step()) for _ in range(3)] == [3, 1, 0]
+    for vin in vins:
+        failed = event(env.check_in(vin).assignment_id, EventKind.FAILED, FailureType.DOWNLOAD)
+        record_events(env.database, vin, [failed], clock=env.clock)
+    env.engine.step()
+    assert env.view(campaign_id).counts[AssignmentState.FAILED] == 7
+    view, retried = actions.retry(ALICE, campaign_id, ["download"])
+    assert retried == 7
+    assert (view.counts[AssignmentState.PENDING], view.counts[AssignmentState.QUEUED]) == (3, 4)
+
+
 def test_a_release_batch_below_one_is_refused(database: Database) -> None:
     with pytest.raises(InvalidArgumentError, match="at least 1"):
         CampaignEngine(database, release_batch=0)
+    with pytest.raises(InvalidArgumentError, match="at least 1"):
+        CampaignActions(database, release_batch=0)
 
 
 def test_install_only_inside_the_maintenance_window(env: Env) -> None:
