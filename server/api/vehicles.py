@@ -13,7 +13,12 @@ from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
 from server.api.database_work import DatabaseWork
-from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
+from server.campaigns.checkin import (
+    CheckInResult,
+    check_in,
+    check_in_quietly,
+    note_quiet_check_in,
+)
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
@@ -64,6 +69,10 @@ def reported_event(message: vehicle_pb2.VehicleEvent) -> ReportedEvent:
     )
 
 
+def _ecus_of(request: vehicle_pb2.CheckInRequest) -> list[EcuSpec]:
+    return [EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus]
+
+
 class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
     """Answers vehicles (directly or through a relay)."""
 
@@ -105,15 +114,25 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self._heartbeats_fell_back = metrics.heartbeats.labels("fell_back")
         self._heartbeats_refused = metrics.heartbeats.labels("refused")
         self._poll_seconds = poll_seconds
+        # Every "nothing to do" answer is one of these two (is the heartbeat chain held?):
+        # built once, serialized by gRPC for each call, never changed.
+        self._nothing_to_do = {
+            held: vehicle_pb2.CheckInResponse(
+                nothing_to_do=vehicle_pb2.NothingToDo(),
+                next_poll_seconds=poll_seconds,
+                heartbeat_chain_held=held,
+            )
+            for held in (False, True)
+        }
 
     async def CheckIn(
         self, request: vehicle_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vehicle_pb2.CheckInResponse:
-        ecus = [
-            EcuSpec(e.serial, e.hardware_id, e.primary, e.installed_sha256) for e in request.ecus
-        ]
         if request.heartbeat:
-            return await self._heartbeat_check_in(request, ecus)
+            return await self._heartbeat_check_in(request)
+        if not request.manifest and self._answers_keyless_quietly(request):
+            return self._nothing_to_do[False]
+        ecus = _ecus_of(request)
         likely_quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
         if not likely_quiet and self._manifests.needs_read(request.vin):
             if not request.manifest and self._manifests.keyless_to_confirm(request.vin):
@@ -135,18 +154,42 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         result = await self._check_in_admitted(request, ecus, manifest, quiet=quiet)
         return self._answer(result, chain_held=self._manifests.holds_chain(request.vin))
 
+    def _answers_keyless_quietly(self, request: vehicle_pb2.CheckInRequest) -> bool:
+        """Most check-ins: a vehicle without ECU keys (and no manifest sent) that had nothing
+        to do and reports the same. True when it is answered "nothing to do" from memory
+        (its presence noted); False when the usual path must decide."""
+        quiet, presence = self._quiet, self._presence
+        if (
+            quiet is None
+            or presence is None
+            or not self._manifests.keyless_now(request.vin)
+            or not quiet.is_quiet(request.vin, request.ecus)
+        ):
+            return False
+        note_quiet_check_in(presence, vin=request.vin, nonce=request.nonce, clock=self._clock)
+        self._checkins_nothing_to_do.inc()
+        return True
+
     async def _heartbeat_check_in(
-        self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]
+        self, request: vehicle_pb2.CheckInRequest
     ) -> vehicle_pb2.CheckInResponse:
         """A check-in carrying a heartbeat: the inventory is the signed one, nothing to store."""
         try:
             accepted = self._manifests.admit_heartbeat(
-                request.vin, request.manifest, request.heartbeat, ecus
+                request.vin, request.manifest, request.heartbeat, request.ecus
             )
-            quiet = self._quiet is not None and self._quiet.is_quiet(request.vin, ecus)
-            result = await self._check_in_admitted(
-                request, ecus, None, quiet=quiet, heartbeat=accepted
-            )
+            quiet, presence = self._quiet, self._presence
+            if (
+                quiet is not None
+                and presence is not None
+                and quiet.is_quiet(request.vin, request.ecus)
+            ):
+                note_quiet_check_in(
+                    presence, vin=request.vin, nonce=request.nonce, clock=self._clock
+                )
+                result = CheckInResult(next_poll_seconds=self._poll_seconds)
+            else:
+                result = await self._record_and_check_in(request, _ecus_of(request), None, accepted)
         except FailedPreconditionError:
             self._heartbeats_fell_back.inc()
             raise
@@ -246,6 +289,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
     def _answer(self, result: CheckInResult, *, chain_held: bool) -> vehicle_pb2.CheckInResponse:
         if result.director is None:
             self._checkins_nothing_to_do.inc()
+            if result.next_poll_seconds == self._poll_seconds:
+                return self._nothing_to_do[chain_held]
             return vehicle_pb2.CheckInResponse(
                 nothing_to_do=vehicle_pb2.NothingToDo(),
                 next_poll_seconds=result.next_poll_seconds,

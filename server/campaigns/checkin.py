@@ -60,12 +60,16 @@ class CheckInResult:
     install_window: tuple[datetime, datetime] | None = None
 
 
-def _check_request(vin: str, ecus: Sequence[EcuSpec], nonce: bytes) -> None:
-    check_vin(vin)
+def _check_nonce(nonce: bytes) -> None:
     if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         raise InvalidArgumentError(
             f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} fresh random bytes"
         )
+
+
+def _check_request(vin: str, ecus: Sequence[EcuSpec], nonce: bytes) -> None:
+    check_vin(vin)
+    _check_nonce(nonce)
     for ecu in ecus:
         check_sha256(ecu.installed_sha256, "installed image hash")
 
@@ -388,9 +392,22 @@ def check_in_quietly(
     """
     if not quiet.is_quiet(vin, ecus):
         return None
-    _check_request(vin, ecus, nonce)
-    presence.mark(vin, clock())
+    note_quiet_check_in(presence, vin=vin, nonce=nonce, clock=clock)
     return CheckInResult(next_poll_seconds=poll_seconds)
+
+
+def note_quiet_check_in(
+    presence: LastSeenBuffer, *, vin: str, nonce: bytes, clock: Clock = system_clock
+) -> None:
+    """The whole work of a check-in that ``QuietVehicles.is_quiet`` just found quiet: checks
+    the nonce and notes the vehicle's presence (its VIN and inventory were checked when it
+    was remembered; it reports the same). No I/O.
+
+    Raises:
+        InvalidArgumentError: The nonce is not 16 to 64 bytes.
+    """
+    _check_nonce(nonce)
+    presence.mark(vin, clock())
 
 
 def check_in(

@@ -33,7 +33,7 @@ from typing import Any, Final
 from sqlalchemy import BigInteger, Column, event, text
 from sqlmodel import Field, SQLModel
 
-from server.fleet.registry import EcuSpec
+from server.fleet.registry import ReportedEcu
 from server.store import Database
 
 # An epoch read longer ago than this is not trusted: quiet answers stop (the DB decides).
@@ -261,8 +261,11 @@ def read_epoch(database: Database) -> int:
     return int(value)
 
 
-def fingerprint(ecus: Sequence[EcuSpec]) -> tuple[tuple[str, str, str], ...]:
+def fingerprint(ecus: Sequence[ReportedEcu]) -> tuple[tuple[str, str, str], ...]:
     """What a check-in reports, in a form that compares equal when nothing changed."""
+    if len(ecus) == 1:  # most vehicles report one gateway: no sort
+        ecu = ecus[0]
+        return ((ecu.serial, ecu.hardware_id, ecu.installed_sha256),)
     return tuple(sorted((e.serial, e.hardware_id, e.installed_sha256) for e in ecus))
 
 
@@ -335,18 +338,19 @@ class QuietVehicles:
         """The epoch last read, however old."""
         return self._epoch
 
-    def is_quiet(self, vin: str, ecus: Sequence[EcuSpec]) -> bool:
-        """True when the vehicle had nothing to do at the current epoch and reports the same."""
-        entry = self._entries.get(vin)
-        epoch = self.epoch
-        return (
-            entry is not None
-            and epoch is not None
-            and entry.epoch == epoch
-            and entry.inventory == fingerprint(ecus)
-        )
+    def is_quiet(self, vin: str, ecus: Sequence[ReportedEcu]) -> bool:
+        """True when the vehicle had nothing to do at the current epoch and reports the same.
 
-    def remember(self, vin: str, ecus: Sequence[EcuSpec], epoch: int) -> None:
+        Only a check-in that passed validation is remembered, so a VIN and an inventory
+        found quiet here are valid ones.
+        """
+        entry = self._entries.get(vin)
+        if entry is None:
+            return False
+        epoch = self.epoch
+        return epoch is not None and entry.epoch == epoch and entry.inventory == fingerprint(ecus)
+
+    def remember(self, vin: str, ecus: Sequence[ReportedEcu], epoch: int) -> None:
         """Notes that at ``epoch`` (read before the database was asked) the vehicle was quiet."""
         if epoch != self._epoch:
             return

@@ -34,7 +34,8 @@ class LastSeenBuffer:
 
     def mark(self, vin: str, moment: datetime) -> None:
         """Notes that ``vin`` checked in at ``moment`` (no I/O)."""
-        moment = moment.replace(microsecond=0)
+        if moment.microsecond:  # the server's clock gives whole seconds already
+            moment = moment.replace(microsecond=0)
         with self._lock:
             previous = self._seen.get(vin)
             if previous is None or moment > previous:

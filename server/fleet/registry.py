@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from securesystemslib.signer import Key, SSlibKey
 from sqlalchemy import func
@@ -23,6 +24,17 @@ MAX_ECUS_PER_VEHICLE = 64
 MAX_TAGS_PER_VEHICLE = 32
 MAX_LIST_LIMIT = 10_000
 MAX_PUBLIC_KEY_CHARS = 1024  # an Ed25519 key's JSON takes ~200, ECDSA P-256 ~350
+
+
+class ReportedEcu(Protocol):
+    """What a check-in says of one ECU: an :class:`EcuSpec`, or the request's message."""
+
+    @property
+    def serial(self) -> str: ...
+    @property
+    def hardware_id(self) -> str: ...
+    @property
+    def installed_sha256(self) -> str: ...
 
 
 @dataclass(frozen=True)

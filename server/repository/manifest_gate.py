@@ -56,7 +56,7 @@ from sqlmodel import SQLModel
 from server.clock import Clock, system_clock
 from server.errors import FailedPreconditionError, InvalidArgumentError, PermissionDeniedError
 from server.fleet import models as _fleet_models  # noqa: F401 - its tables, named below
-from server.fleet.registry import EcuSpec, ecu_public_key
+from server.fleet.registry import EcuSpec, ReportedEcu, ecu_public_key
 from server.repository import models as _repository_models  # noqa: F401 - likewise
 from server.repository.manifests import (
     HEARTBEAT_LINK_BYTES,
@@ -197,6 +197,12 @@ class ManifestGate:
         known = self._vehicles.get(vin)
         return known is None or (not known.keys and not self._still_keyless(known))
 
+    def keyless_now(self, vin: str) -> bool:
+        """Whether ``vin`` is known to have no ECU keys and still trusted to have none, so
+        that a check-in without a manifest is admitted as it stands (no I/O)."""
+        known = self._vehicles.get(vin)
+        return known is not None and not known.keys and self._still_keyless(known)
+
     def epoch_now(self) -> int | None:
         """The offer epoch to pass to :meth:`confirm_keyless`: read before the registry is."""
         return self._offer_epoch() if self._offer_epoch is not None else None
@@ -239,7 +245,7 @@ class ManifestGate:
         return manifest
 
     def admit_heartbeat(
-        self, vin: str, manifest: bytes, heartbeat: bytes, ecus: Sequence[EcuSpec]
+        self, vin: str, manifest: bytes, heartbeat: bytes, ecus: Sequence[ReportedEcu]
     ) -> AcceptedHeartbeat:
         """Accepts the next link of the vehicle's heartbeat chain, once; from memory only.
 
@@ -405,7 +411,7 @@ def _check_agrees(manifest: VerifiedManifest, ecus: Sequence[EcuSpec]) -> None:
             )
 
 
-def _check_inventory(vin: str, inventory: Mapping[str, str], ecus: Sequence[EcuSpec]) -> None:
+def _check_inventory(vin: str, inventory: Mapping[str, str], ecus: Sequence[ReportedEcu]) -> None:
     """A heartbeat's (unsigned) ECU list must be exactly the chain's verified inventory."""
     reported = {ecu.serial: ecu.installed_sha256 for ecu in ecus}
     if len(reported) != len(ecus) or reported != inventory:
