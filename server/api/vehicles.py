@@ -13,12 +13,7 @@ from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
 from server.api.database_work import DatabaseWork
-from server.campaigns.checkin import (
-    CheckInResult,
-    check_in,
-    check_in_quietly,
-    note_quiet_check_in,
-)
+from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
@@ -158,17 +153,25 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         """Most check-ins: a vehicle without ECU keys (and no manifest sent) that had nothing
         to do and reports the same. True when it is answered "nothing to do" from memory
         (its presence noted); False when the usual path must decide."""
-        quiet, presence = self._quiet, self._presence
-        if (
-            quiet is None
-            or presence is None
-            or not self._manifests.keyless_now(request.vin)
-            or not quiet.is_quiet(request.vin, request.ecus)
-        ):
+        if not self._manifests.keyless_now(request.vin) or self._quietly(request) is None:
             return False
-        note_quiet_check_in(presence, vin=request.vin, nonce=request.nonce, clock=self._clock)
         self._checkins_nothing_to_do.inc()
         return True
+
+    def _quietly(self, request: vehicle_pb2.CheckInRequest) -> CheckInResult | None:
+        """:func:`check_in_quietly` for the request as it came (no ECU conversion): the
+        answer from memory when the vehicle is quiet, else None."""
+        if self._quiet is None or self._presence is None:
+            return None
+        return check_in_quietly(
+            self._quiet,
+            self._presence,
+            vin=request.vin,
+            ecus=request.ecus,
+            nonce=request.nonce,
+            poll_seconds=self._poll_seconds,
+            clock=self._clock,
+        )
 
     async def _heartbeat_check_in(
         self, request: vehicle_pb2.CheckInRequest
@@ -178,17 +181,8 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             accepted = self._manifests.admit_heartbeat(
                 request.vin, request.manifest, request.heartbeat, request.ecus
             )
-            quiet, presence = self._quiet, self._presence
-            if (
-                quiet is not None
-                and presence is not None
-                and quiet.is_quiet(request.vin, request.ecus)
-            ):
-                note_quiet_check_in(
-                    presence, vin=request.vin, nonce=request.nonce, clock=self._clock
-                )
-                result = CheckInResult(next_poll_seconds=self._poll_seconds)
-            else:
+            result = self._quietly(request)
+            if result is None:
                 result = await self._record_and_check_in(request, _ecus_of(request), None, accepted)
         except FailedPreconditionError:
             self._heartbeats_fell_back.inc()
@@ -206,24 +200,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         manifest: VerifiedManifest | None,
         *,
         quiet: bool,
-        heartbeat: AcceptedHeartbeat | None = None,
     ) -> CheckInResult:
         """The check-in of an admitted request: from memory when quiet, else the database."""
-        result: CheckInResult | None = None
-        if quiet and self._quiet is not None and self._presence is not None:
-            # Most check-ins: answered from memory on the event loop, no thread, no SQL.
-            result = check_in_quietly(
-                self._quiet,
-                self._presence,
-                vin=request.vin,
-                ecus=ecus,
-                nonce=request.nonce,
-                poll_seconds=self._poll_seconds,
-                clock=self._clock,
-            )
+        # Quiet: answered from memory on the event loop, no thread, no SQL.
+        result = self._quietly(request) if quiet else None
         if result is None:
             # The manifest is stored before the Director is asked.
-            result = await self._record_and_check_in(request, ecus, manifest, heartbeat)
+            result = await self._record_and_check_in(request, ecus, manifest)
         return result
 
     def _check_in_keyless(

@@ -24,7 +24,7 @@ from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError, NotFoundError
 from server.fleet import models as _fleet_models  # noqa: F401
-from server.fleet.registry import EcuSpec
+from server.fleet.registry import EcuSpec, ReportedEcu
 
 # Imported for their tables, which the prebuilt statements below name.
 from server.releases import models as _release_models  # noqa: F401
@@ -377,7 +377,7 @@ def check_in_quietly(
     presence: LastSeenBuffer,
     *,
     vin: str,
-    ecus: Sequence[EcuSpec],
+    ecus: Sequence[ReportedEcu],
     nonce: bytes,
     poll_seconds: int,
     clock: Clock = system_clock,
@@ -392,22 +392,11 @@ def check_in_quietly(
     """
     if not quiet.is_quiet(vin, ecus):
         return None
-    note_quiet_check_in(presence, vin=vin, nonce=nonce, clock=clock)
-    return CheckInResult(next_poll_seconds=poll_seconds)
-
-
-def note_quiet_check_in(
-    presence: LastSeenBuffer, *, vin: str, nonce: bytes, clock: Clock = system_clock
-) -> None:
-    """The whole work of a check-in that ``QuietVehicles.is_quiet`` just found quiet: checks
-    the nonce and notes the vehicle's presence (its VIN and inventory were checked when it
-    was remembered; it reports the same). No I/O.
-
-    Raises:
-        InvalidArgumentError: The nonce is not 16 to 64 bytes.
-    """
+    # The VIN and the inventory were validated when the vehicle was remembered, and it
+    # reports the same: only the nonce is new.
     _check_nonce(nonce)
     presence.mark(vin, clock())
+    return CheckInResult(next_poll_seconds=poll_seconds)
 
 
 def check_in(
