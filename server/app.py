@@ -108,8 +108,9 @@ class ServerConfig:
     # Threads for the database work of vehicles' calls (check-ins that are not answered
     # from memory, event reports); None: 1 on SQLite, 8 on PostgreSQL (see vehicle_threads).
     vehicle_threads: int | None = None
-    # On SQLite, run that work on the event loop, moving to the threads only when another
-    # connection holds the write lock (server/api/database_work.py); off: always threads.
+    # Run that work on the event loop (server/api/database_work.py): on SQLite moving to
+    # the threads only when another connection holds the write lock, on PostgreSQL with
+    # each statement awaiting the server's answer; off: always threads.
     vehicle_work_on_loop: bool = True
 
 
@@ -120,11 +121,14 @@ def vehicle_threads(config: ServerConfig, database: Database) -> int:
     more threads only contend for the interpreter lock (measured: one thread answers
     repeat offers ~25 % faster than six; by default SQLite's work runs on the event loop
     and the thread takes only what would wait for a lock); PostgreSQL waits on the
-    network, where threads overlap the round trips.
+    network, where threads overlap the round trips (unless its work awaits on the event
+    loop, which overlaps them itself and leaves the thread idle).
     """
     if config.vehicle_threads is not None:
         return config.vehicle_threads
-    return 1 if database.engine.dialect.name == "sqlite" else 8
+    if database.engine.dialect.name == "sqlite":
+        return 1
+    return 1 if config.vehicle_work_on_loop and database.awaits_on_loop else 8
 
 
 class StaffelServer:
@@ -395,6 +399,7 @@ class StaffelServer:
         await asyncio.to_thread(self.engine_lock.release)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_seconds)
+        await self.database.close_loop_engine()
         if self._http is not None:
             await self._http.cleanup()
         try:
@@ -478,9 +483,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vehicle-work-in-threads",
         action="store_true",
-        help="on SQLite, run vehicles' database work in threads rather than on the event "
-        "loop (the default runs it on the loop and uses a thread only when another "
-        "connection holds the write lock)",
+        help="run vehicles' database work in threads rather than on the event loop (the "
+        "default runs it on the loop: on SQLite using a thread only when another "
+        "connection holds the write lock, on PostgreSQL awaiting each statement)",
     )
     parser.add_argument(
         "--presign-interval",

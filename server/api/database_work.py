@@ -9,6 +9,13 @@ connection's write lock (the presigner's, an engine step's, a fleet import's), o
 call would stall behind it: the loop runs without waiting, and the first step that finds
 the lock taken moves, with the steps after it, to the vehicles' thread, where waiting
 holds up only that thread.
+
+PostgreSQL (through psycopg) answers over the network. Its work runs on the loop too, but
+differently: each statement awaits the server's answer there (``Database.run_on_loop``),
+so the loop serves other calls during every round trip, a statement that waits for a row
+lock waits without blocking anything, and no thread hands the interpreter lock back and
+forth. Measured over gRPC, that took repeat offers from ~2.0 ms to ~1 ms of server CPU
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ class DatabaseWork:
         on_loop: bool,
         moved: Counter | None = None,
     ) -> None:
-        """``on_loop``: try the steps on the event loop first (only where the database
-        answers without I/O waits: :attr:`Database.answers_without_io_wait`); ``moved``
-        counts the calls whose steps found the lock taken there."""
+        """``on_loop``: run the steps on the event loop: first try where the database
+        answers without I/O waits (:attr:`Database.answers_without_io_wait`), awaiting
+        each statement where it can (:attr:`Database.awaits_on_loop`); ``moved`` counts
+        the calls whose steps found the lock taken on the loop."""
         self._database = database
         self._executor = executor
         self._on_loop = on_loop and database.answers_without_io_wait
+        self._awaiting = on_loop and database.awaits_on_loop
         self._moved = moved
 
     async def run(self, *steps: Callable[[], object], then: Callable[[], _T]) -> _T:
@@ -53,6 +62,14 @@ class DatabaseWork:
         taken on the loop is run again from its start in the thread.
         """
         remaining: list[Callable[[], object]] = [*steps, then]
+        if self._awaiting:
+
+            def in_order() -> _T:
+                for step in steps:
+                    step()
+                return then()
+
+            return await self._database.run_on_loop(in_order)
         if self._on_loop:
             try:
                 with self._database.without_waiting():

@@ -39,7 +39,7 @@ from server.repository.director import (
 )
 from server.repository.manifests import manifest_required
 from server.store import Database
-from server.store.direct import DirectStatement
+from server.store.direct import DirectStatement, pipelines, rows_together
 from server.validation import check_sha256, check_vin
 
 MIN_NONCE_BYTES = 16
@@ -209,8 +209,9 @@ _TAKE = DirectStatement(
 )
 
 
-def _load_registered(connection: Connection, vin: str) -> _Registered:
-    rows = _LOAD_VEHICLE.rows(connection, {"vin": vin})
+def _load_registered(connection: Connection, vin: str, rows: list[Any] | None) -> _Registered:
+    if rows is None:
+        rows = _LOAD_VEHICLE.rows(connection, {"vin": vin})
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
     ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
@@ -232,14 +233,16 @@ def _record_inventory(
     *,
     write_last_seen: bool,
     keyless: bool = False,
+    rows: list[Any] | None = None,
 ) -> tuple[_Registered, bool]:
     """Checks the reported ECUs against the registry and stores what changed.
 
     Returns the registry's view (with the reported images) and whether an image changed.
     With ``keyless`` (the check-in carries no manifest because the vehicle was known to
     have no ECU keys), refuses a vehicle that has keys now, before anything is written.
+    ``rows``: the registry's rows of the vehicle, when the caller read them already.
     """
-    registered = _load_registered(connection, vin)
+    registered = _load_registered(connection, vin, rows)
     if keyless and registered.has_keys:
         raise manifest_required(vin)
     by_serial = {ecu.serial: ecu for ecu in registered.ecus}
@@ -278,11 +281,14 @@ def _record_inventory(
     return registered, bool(changed)
 
 
-def _open_assignment(connection: Connection, vin: str) -> _Open | None:
-    """The assignment to offer: released in a running campaign, or taken in a paused one."""
-    row = _OPEN_ASSIGNMENT.first(connection, {"vin": vin})
-    if row is None:
+def _open_assignment(connection: Connection, vin: str, rows: list[Any] | None) -> _Open | None:
+    """The assignment to offer: released in a running campaign, or taken in a paused one
+    (``rows``: the caller's read of it, else read here)."""
+    if rows is None:
+        rows = _OPEN_ASSIGNMENT.rows(connection, {"vin": vin})
+    if not rows:
         return None
+    row = rows[0]
     return _Open(
         assignment_id=row.id,
         state=AssignmentState(row.state),
@@ -482,10 +488,23 @@ def _check_in_once(
     the offer is consistent with the assignment when the transaction commits.
     """
     with database.engine.begin() as connection:
+        vehicle_rows = assignment_rows = None
+        if pipelines(connection):
+            # One round trip for BEGIN and both reads. The assignment is locked before the
+            # inventory is written then, in every check-in alike.
+            vehicle_rows, assignment_rows = rows_together(
+                connection, (_LOAD_VEHICLE, {"vin": vin}), (_OPEN_ASSIGNMENT, {"vin": vin})
+            )
         registered, changed = _record_inventory(
-            connection, vin, ecus, now, write_last_seen=write_last_seen, keyless=keyless
+            connection,
+            vin,
+            ecus,
+            now,
+            write_last_seen=write_last_seen,
+            keyless=keyless,
+            rows=vehicle_rows,
         )
-        found = _open_assignment(connection, vin)
+        found = _open_assignment(connection, vin, assignment_rows)
         if found is None:
             return registered, changed, None, None
         targets = _targets(connection, found, registered.ecus)

@@ -246,10 +246,10 @@ def watch_local_writes(database: Database, quiet: QuietVehicles) -> None:
         if seen is not None and seen != quiet.known_epoch:
             quiet.moved_locally()
 
-    event.listen(database.engine, "after_cursor_execute", after_execute)
-    event.listen(database.engine, "commit", on_commit)
-    event.listen(database.engine, "rollback", on_rollback)
-    event.listen(database.engine, "checkin", on_checkin)
+    database.listen("after_cursor_execute", after_execute)
+    database.listen("commit", on_commit)
+    database.listen("rollback", on_rollback)
+    database.listen("checkin", on_checkin)
 
 
 def read_epoch(database: Database) -> int:

@@ -12,9 +12,9 @@ and ``after_cursor_execute`` listeners still see every statement (without an exe
 context), and driver errors are raised as SQLAlchemy's exceptions, as
 ``Connection.execute`` raises them.
 
-Only SQLite takes this path; on other databases the statement goes through
-``Connection.execute`` unchanged (there the work runs in threads and waits on the network,
-which the interpreter time saved here would not shorten).
+SQLite and PostgreSQL take this path; on other databases the statement goes through
+``Connection.execute`` unchanged. On PostgreSQL, a check-in's round trips are its larger
+cost: :func:`rows_together` sends independent reads in one (psycopg's pipeline mode).
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import Delete, Insert, Select, Update
+from sqlalchemy.util import await_
 
 _Processor = Callable[[Any], Any]
-_DIRECT_DIALECTS = frozenset({"sqlite"})
+_DIRECT_DIALECTS = frozenset({"sqlite", "postgresql"})
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,10 @@ class _Compiled:
     """A statement compiled for one dialect, with what executing it needs."""
 
     sql: str
-    # Positional parameters in order: (name, value when the caller gives none, processor).
+    # Parameters, in order for a positional paramstyle: (name, value when the caller
+    # gives none, processor).
     parameters: tuple[tuple[str, Any, _Processor | None], ...]
+    named: bool  # the dialect's paramstyle names parameters (psycopg's %(name)s)
     row: Any  # a namedtuple class of the selected columns' keys (None for writes)
     # (column index, processor) for the result columns that need converting.
     results: tuple[tuple[int, _Processor], ...]
@@ -63,9 +67,8 @@ class DirectStatement:
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
-        names = compiled.positiontup
-        if names is None:
-            raise TypeError(f"{dialect.name}: DirectStatement needs a positional paramstyle")
+        named = compiled.positiontup is None
+        names = list(compiled.binds) if compiled.positiontup is None else compiled.positiontup
         parameters = []
         for name in names:
             bind = compiled.binds[name]
@@ -83,24 +86,30 @@ class DirectStatement:
                 processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
                 if processor is not None:
                     results.append((index, processor))
-        return _Compiled(compiled.string, tuple(parameters), row, tuple(results))
+        return _Compiled(compiled.string, tuple(parameters), named, row, tuple(results))
 
-    def _values(self, compiled: _Compiled, params: Mapping[str, Any]) -> list[Any]:
+    def _values(self, compiled: _Compiled, params: Mapping[str, Any]) -> Any:
         values = []
         for name, default, processor in compiled.parameters:
             value = params.get(name, default)
             if value is _MISSING:
                 raise KeyError(f"statement parameter {name!r} not given")
             values.append(processor(value) if processor is not None else value)
+        if compiled.named:
+            return dict(zip((name for name, _, _ in compiled.parameters), values, strict=True))
         return values
+
+    def _compiled_for(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = self._compile(dialect)
+        return compiled
 
     def _run(
         self, connection: Connection, params: Sequence[Mapping[str, Any]], *, many: bool
     ) -> tuple[Any, _Compiled]:
         dialect = connection.dialect
-        compiled = self._compiled.get(dialect.name)
-        if compiled is None:
-            compiled = self._compiled[dialect.name] = self._compile(dialect)
+        compiled = self._compiled_for(dialect)
         values = [self._values(compiled, each) for each in params]
         arguments: Any = values if many else values[0]
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -113,21 +122,19 @@ class DirectStatement:
                 cursor.execute(compiled.sql, values[0])
         except dialect.loaded_dbapi.Error as error:
             cursor.close()
-            raise DBAPIError.instance(
-                compiled.sql, arguments, error, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from error
+            raise _translated(connection, error, compiled.sql, arguments) from error
         dispatch.after_cursor_execute(connection, cursor, compiled.sql, arguments, None, many)
         return cursor, compiled
 
-    def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Every row of the statement (a select) with ``params``."""
-        if connection.dialect.name not in _DIRECT_DIALECTS:
-            return list(connection.execute(self.statement, params).all())
-        cursor, compiled = self._run(connection, [params], many=False)
+    def _fetch(self, cursor: Any, compiled: _Compiled) -> list[Any]:
         try:
             fetched = cursor.fetchall()
         finally:
             cursor.close()
+        return self._made(compiled, fetched)
+
+    def _made(self, compiled: _Compiled, fetched: Sequence[Any]) -> list[Any]:
+        """Rows from the driver's tuples, through the dialect's result processors."""
         make = compiled.row._make
         if not compiled.results:
             return [make(raw) for raw in fetched]
@@ -138,6 +145,13 @@ class DirectStatement:
                 values[index] = processor(values[index])
             rows.append(make(values))
         return rows
+
+    def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Every row of the statement (a select) with ``params``."""
+        if connection.dialect.name not in _DIRECT_DIALECTS:
+            return list(connection.execute(self.statement, params).all())
+        cursor, compiled = self._run(connection, [params], many=False)
+        return self._fetch(cursor, compiled)
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> Any | None:
         """The first row of the statement (a select) with ``params``, or None."""
@@ -159,3 +173,81 @@ class DirectStatement:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+def pipelines(connection: Connection) -> bool:
+    """Whether :func:`rows_together` sends its reads in one round trip on ``connection``."""
+    return isinstance(connection.connection.driver_connection, _PSYCOPG_CONNECTIONS)
+
+
+def rows_together(
+    connection: Connection, *queries: tuple[DirectStatement, Mapping[str, Any]]
+) -> list[list[Any]]:
+    """The rows of several selects, each as :meth:`DirectStatement.rows` returns them.
+
+    On psycopg they travel in one round trip (pipeline mode), together with the
+    transaction's ``BEGIN`` when they are its first statements: each of them waits for
+    nothing the others return. Its asyncio connection (``Database.run_on_loop``) awaits
+    the answers on the loop. Elsewhere they run one after another.
+    """
+    if not pipelines(connection):
+        return [statement.rows(connection, params) for statement, params in queries]
+    dialect = connection.dialect
+    driver: Any = connection.connection.driver_connection
+    sent = []
+    for statement, params in queries:
+        compiled = statement._compiled_for(dialect)
+        sent.append((statement, compiled, statement._values(compiled, params)))
+    dispatch = connection.dispatch
+    for _, compiled, values in sent:
+        dispatch.before_cursor_execute(connection, None, compiled.sql, values, None, False)
+    statements = [(compiled.sql, values) for _, compiled, values in sent]
+    try:
+        if isinstance(driver, psycopg.AsyncConnection):
+            fetched = await_(_pipelined_on_loop(driver, statements))
+        else:
+            fetched = _pipelined(driver, statements)
+    except psycopg.Error as error:
+        raise _translated(connection, error, sent[0][1].sql, sent[0][2]) from error
+    for _, compiled, values in sent:
+        dispatch.after_cursor_execute(connection, None, compiled.sql, values, None, False)
+    return [
+        statement._made(compiled, raw)
+        for (statement, compiled, _), raw in zip(sent, fetched, strict=True)
+    ]
+
+
+_PSYCOPG_CONNECTIONS = (psycopg.Connection, psycopg.AsyncConnection)
+
+
+def _pipelined(driver: psycopg.Connection[Any], statements: list[tuple[str, Any]]) -> list[Any]:
+    with driver.pipeline():
+        cursors = [driver.execute(sql, values) for sql, values in statements]
+    return [cursor.fetchall() for cursor in cursors]
+
+
+async def _pipelined_on_loop(
+    driver: psycopg.AsyncConnection[Any], statements: list[tuple[str, Any]]
+) -> list[Any]:
+    async with driver.pipeline():
+        cursors = [await driver.execute(sql, values) for sql, values in statements]
+    return [await cursor.fetchall() for cursor in cursors]
+
+
+def _translated(connection: Connection, error: Any, sql: str, arguments: Any) -> StatementError:
+    """SQLAlchemy's exception for a driver error, as ``Connection.execute`` raises it; a
+    disconnect invalidates the connection first, so the pool never hands it out again."""
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    disconnected = dialect.is_disconnect(error, dbapi_connection, None)
+    if disconnected and not connection.invalidated:
+        connection.invalidate(error)
+    translated: StatementError = DBAPIError.instance(
+        sql,
+        arguments,
+        error,
+        dialect.loaded_dbapi.Error,
+        dialect=dialect,
+        connection_invalidated=disconnected,
+    )
+    return translated

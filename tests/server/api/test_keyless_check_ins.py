@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import update
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from client.uptane.manifest import EcuKey
@@ -61,9 +61,9 @@ def key_reads(server: StaffelServer) -> Iterator[list[str]]:
         if "fleet_ecu.public_key !=" in statement and "fleet_vehicle" not in statement:
             seen.append(statement)
 
-    event.listen(server.database.engine, "before_cursor_execute", note)
+    server.database.listen("before_cursor_execute", note)
     yield seen
-    event.remove(server.database.engine, "before_cursor_execute", note)
+    server.database.remove_listener("before_cursor_execute", note)
 
 
 def _request(installed: str = OLD_SHA) -> vehicle_pb2.CheckInRequest:

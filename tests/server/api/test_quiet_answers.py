@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import event
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from client.uptane.heartbeat import HeartbeatChain
@@ -61,9 +60,9 @@ def vehicle_statements(server: StaffelServer) -> Iterator[list[str]]:
         if any(table in statement for table in ("fleet_", "campaign_assignment", "repo_")):
             seen.append(statement)
 
-    event.listen(server.database.engine, "before_cursor_execute", note)
+    server.database.listen("before_cursor_execute", note)
     yield seen
-    event.remove(server.database.engine, "before_cursor_execute", note)
+    server.database.remove_listener("before_cursor_execute", note)
 
 
 def _request(

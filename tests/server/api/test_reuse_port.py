@@ -56,7 +56,10 @@ async def test_two_servers_share_the_ports_only_with_reuse_port(tmp_path: Path) 
 def test_vehicle_threads_follow_the_database_unless_set(tmp_path: Path, database_url: str) -> None:
     database = Database.from_url(database_url)
     config = ServerConfig(data_dir=tmp_path / "data", keys_dir=tmp_path / "keys")
+    # SQLite's work runs on the loop, PostgreSQL's awaits there: one thread each.
+    assert vehicle_threads(config, database) == 1
+    in_threads = ServerConfig(tmp_path, tmp_path, vehicle_work_on_loop=False)
     expected = 1 if database_url.startswith("sqlite") else 8
-    assert vehicle_threads(config, database) == expected
+    assert vehicle_threads(in_threads, database) == expected
     assert vehicle_threads(ServerConfig(tmp_path, tmp_path, vehicle_threads=3), database) == 3
     database.engine.dispose()

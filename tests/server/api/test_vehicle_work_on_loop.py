@@ -1,6 +1,8 @@
-"""Vehicles' database work on SQLite runs on the event loop, and moves to the vehicles'
+"""Vehicles' database work runs on the event loop. On SQLite it moves to the vehicles'
 thread only when another connection holds the write lock, so a long write elsewhere (an
-engine step, a fleet import) never stalls the server's other calls."""
+engine step, a fleet import) never stalls the server's other calls; on PostgreSQL each
+statement awaits the server's answer on the loop, so a row lock held elsewhere stalls only
+the call that waits for it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, text
+from sqlalchemy.util.concurrency import in_greenlet
 from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from keys.keyset import init_keyset
@@ -106,31 +109,38 @@ def _moved(server: StaffelServer) -> float:
     return server.metrics.vehicle_work_moved._value.get()
 
 
-def _threads_of_check_ins(server: StaffelServer) -> list[int]:
-    """The threads that run the check-ins' statements on the open assignment."""
+def _threads_of_check_ins(server: StaffelServer, awaiting: list[bool] | None = None) -> list[int]:
+    """The threads that run the check-ins' statements on the open assignment (and, in
+    ``awaiting``, whether each ran where it can await the driver: in a greenlet)."""
     seen: list[int] = []
 
     def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         if "campaign_assignment" in statement:
             seen.append(threading.get_ident())
+            if awaiting is not None:
+                awaiting.append(in_greenlet())
 
-    event.listen(server.database.engine, "before_cursor_execute", note)
+    server.database.listen("before_cursor_execute", note)
     return seen
 
 
-async def test_check_ins_run_on_the_loop_only_on_sqlite(server: StaffelServer) -> None:
+async def test_check_ins_run_on_the_loop(server: StaffelServer) -> None:
     _offer_campaign(server)
-    threads = _threads_of_check_ins(server)
+    awaiting: list[bool] = []
+    threads = _threads_of_check_ins(server, awaiting)
     async with grpc.aio.insecure_channel(server.grpc_address) as channel:
         answer = await vehicle_pb2_grpc.VehicleServiceStub(channel).CheckIn(_request(OFFERED))
     assert answer.WhichOneof("outcome") == "update"
     assert threads, "the check-in read the assignment"
-    on_loop = {t == threading.get_ident() for t in threads}
-    assert on_loop == {server.database.engine.dialect.name == "sqlite"}
+    assert {t == threading.get_ident() for t in threads} == {True}
+    # SQLite answers in place; PostgreSQL's statements await on the loop.
+    assert set(awaiting) == {server.database.engine.dialect.name != "sqlite"}
 
 
-async def test_with_work_on_loop_off_sqlite_check_ins_run_in_the_thread(tmp_path: Path) -> None:
-    staffel = await _server(tmp_path, f"sqlite:///{tmp_path / 'staffel.db'}", on_loop=False)
+async def test_with_work_on_loop_off_check_ins_run_in_the_thread(
+    tmp_path: Path, database_url: str
+) -> None:
+    staffel = await _server(tmp_path, database_url, on_loop=False)
     try:
         _offer_campaign(staffel)
         threads = _threads_of_check_ins(staffel)
@@ -200,3 +210,38 @@ async def test_steps_done_on_the_loop_are_not_run_again_in_the_thread(tmp_path: 
         assert connection.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
     holder.close()
     database.dispose()
+
+
+async def test_a_held_row_lock_stalls_only_the_offer_waiting_for_it_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    server = await _server(tmp_path, postgres_url, on_loop=True)
+    holder = create_engine(postgres_url)
+    try:
+        _offer_campaign(server)
+        async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+            stub = vehicle_pb2_grpc.VehicleServiceStub(channel)
+            with holder.begin() as connection:
+                # A transaction elsewhere holds the vehicle's assignment row.
+                connection.execute(text("SELECT id FROM campaign_assignment FOR UPDATE"))
+                offer = asyncio.ensure_future(stub.CheckIn(_request(OFFERED)))
+                await asyncio.sleep(0.3)
+                assert not offer.done(), "the offer waits for the row lock"
+                # Meanwhile the loop answers, from the database too (a vehicle new to
+                # this process; it needs no lock).
+                health = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest()
+                )
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+                unseen = await stub.CheckIn(_request(UNSEEN))
+                assert unseen.WhichOneof("outcome") == "nothing_to_do"
+                assert not offer.done(), "the offer still waits for the row lock"
+            answer = await offer
+        assert answer.WhichOneof("outcome") == "update"
+        assert _moved(server) == 0, "nothing moved to a thread"
+        with server.database.engine.connect() as connection:
+            state = connection.execute(text("SELECT state FROM campaign_assignment")).scalar_one()
+        assert state.lower() == "in_progress"
+    finally:
+        holder.dispose()
+        await server.stop()

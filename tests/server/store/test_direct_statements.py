@@ -8,16 +8,19 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import bindparam, event, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from psycopg import pq
+from sqlalchemy import Connection, bindparam, column, event, insert, select, table, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import SQLModel
 
 from server.campaigns.offers import QuietVehicles
 from server.store import Database
 from server.store.db import LockBusyError
-from server.store.direct import DirectStatement
+from server.store.direct import DirectStatement, pipelines, rows_together
 from tests.server.campaigns.support import add_vehicle, vin
 
 _VEHICLES = SQLModel.metadata.tables["fleet_vehicle"]
@@ -222,3 +225,101 @@ def test_on_sqlite_a_missing_parameter_and_an_expanding_one_are_refused(
             DirectStatement(_VEHICLE_WITH_ECUS).rows(connection, {})
         with pytest.raises(TypeError, match="expanding"):
             DirectStatement(expanding).rows(connection, {"serials": ["gw-1"]})
+
+
+def _note_pipelined(connection: Connection) -> list[bool]:
+    """Whether each statement the connection's psycopg driver sends is in pipeline mode."""
+    driver = connection.connection.driver_connection
+    sent_in_pipeline: list[bool] = []
+    if not isinstance(driver, psycopg.Connection | psycopg.AsyncConnection):
+        return sent_in_pipeline
+    execute = driver.execute
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        sent_in_pipeline.append(driver.pgconn.pipeline_status != pq.PipelineStatus.OFF)
+        return execute(*args, **kwargs)
+
+    driver.execute = noted  # type: ignore[method-assign]
+    return sent_in_pipeline
+
+
+def test_reads_together_are_the_reads_one_by_one(database: Database) -> None:
+    _two_vehicles(database)
+    vehicle, primaries = DirectStatement(_VEHICLE_WITH_ECUS), DirectStatement(_PRIMARY_ECUS)
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with database.engine.begin() as connection:
+        sent_in_pipeline = _note_pipelined(connection)
+        together = rows_together(connection, (vehicle, {"vin": vin(1)}), (primaries, {}))
+        if sent_in_pipeline:
+            del connection.connection.driver_connection.execute  # the driver's own again
+    with database.engine.connect() as connection:
+        one_by_one = [vehicle.rows(connection, {"vin": vin(1)}), primaries.rows(connection, {})]
+        on_postgresql = database.engine.dialect.name == "postgresql"
+        assert pipelines(connection) is on_postgresql
+    assert together == one_by_one
+    assert [row.serial for row in together[0]] == ["gw-1", "tcu-1"]
+    assert len(statements) == 4, "listeners see the reads sent together too"
+    assert sent_in_pipeline == ([True, True] if on_postgresql else [])
+
+
+async def test_on_postgresql_reads_together_on_the_loop_share_one_pipeline(
+    postgres_url: str,
+) -> None:
+    database = Database.from_url(postgres_url)
+    _two_vehicles(database)
+    vehicle, primaries = DirectStatement(_VEHICLE_WITH_ECUS), DirectStatement(_PRIMARY_ECUS)
+
+    def work() -> tuple[list[list[Any]], list[bool]]:
+        with database.engine.begin() as connection:
+            sent_in_pipeline = _note_pipelined(connection)
+            together = rows_together(connection, (vehicle, {"vin": vin(2)}), (primaries, {}))
+            del connection.connection.driver_connection.execute
+            return together, sent_in_pipeline
+
+    try:
+        together, sent_in_pipeline = await database.run_on_loop(work)
+        with database.engine.connect() as connection:
+            assert together == [
+                vehicle.rows(connection, {"vin": vin(2)}),
+                primaries.rows(connection, {}),
+            ]
+        assert sent_in_pipeline == [True, True]
+    finally:
+        await database.close_loop_engine()
+        database.dispose()
+
+
+def test_a_failed_read_together_raises_and_rolls_back(database: Database) -> None:
+    _two_vehicles(database)
+    seen = datetime(2026, 7, 1, tzinfo=UTC)
+    missing = DirectStatement(select(column("n")).select_from(table("no_such_table")))
+    with pytest.raises(DBAPIError, match="no_such_table"), database.engine.begin() as connection:
+        DirectStatement(_SET_LAST_SEEN).execute(connection, {"v": vin(1), "seen": seen})
+        rows_together(connection, (DirectStatement(_PRIMARY_ECUS), {}), (missing, {}))
+    with database.engine.connect() as connection:
+        last_seen = connection.execute(
+            select(_VEHICLES.c.last_seen).where(_VEHICLES.c.vin == vin(1))
+        ).scalar_one()
+    assert last_seen != seen, "the write before the failed read rolled back"
+
+
+def test_on_postgresql_a_dropped_connection_is_invalidated(postgres_url: str) -> None:
+    database = Database.from_url(postgres_url)
+    add_vehicle(database, 1)
+    direct = DirectStatement(_VEHICLE_WITH_ECUS)
+    try:
+        with database.engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(DBAPIError) as dropped:
+                direct.rows(connection, {"vin": vin(1)})
+            assert dropped.value.connection_invalidated
+            assert connection.invalidated
+        # The pool never hands the dead connection out again.
+        with database.engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+            assert [row.vin for row in direct.rows(connection, {"vin": vin(1)})] == [vin(1)]
+    finally:
+        database.dispose()
