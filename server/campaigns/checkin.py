@@ -18,7 +18,7 @@ from sqlmodel import SQLModel
 # Imported for their tables, which the prebuilt statements below name.
 from server.campaigns import models as _campaign_models  # noqa: F401
 from server.campaigns.models import AssignmentState, CampaignState
-from server.campaigns.offers import QuietVehicles
+from server.campaigns.offers import EPOCH_UNCHANGED, QuietVehicles
 from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
@@ -150,7 +150,7 @@ _SET_LAST_SEEN = DirectStatement(
     .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
     .values(last_seen=bindparam("seen"))
 )
-_OPEN_ASSIGNMENT = DirectStatement(
+_OPEN_ASSIGNMENT_QUERY = (
     sql_select(
         _ASSIGNMENTS.c.id,
         _ASSIGNMENTS.c.state,
@@ -181,8 +181,11 @@ _OPEN_ASSIGNMENT = DirectStatement(
     )
     .order_by(_ASSIGNMENTS.c.id)
     .limit(1)
-    .with_for_update(of=_ASSIGNMENTS)
 )
+# Locked while the check-in's transaction decides and writes.
+_OPEN_ASSIGNMENT = DirectStatement(_OPEN_ASSIGNMENT_QUERY.with_for_update(of=_ASSIGNMENTS))
+# Read without a transaction, for an answer that writes nothing (_answer_from_reads).
+_PEEK_ASSIGNMENT = DirectStatement(_OPEN_ASSIGNMENT_QUERY)
 
 
 _FAIL_UNMATCHED = DirectStatement(
@@ -196,16 +199,34 @@ _FAIL_UNMATCHED = DirectStatement(
         updated_at=bindparam("now"),
     )
 )
+_TAKEN = {
+    "state": AssignmentState.IN_PROGRESS,
+    "offered_at": bindparam("now"),
+    "previous": bindparam("previous_images"),
+    "last_event": "offered",
+    "updated_at": bindparam("now"),
+}
+# Taking a pending assignment leaves it offerable: the offer epoch cannot move.
 _TAKE = DirectStatement(
     update(_ASSIGNMENTS)
+    .prefix_with(EPOCH_UNCHANGED)
     .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
-    .values(
-        state=AssignmentState.IN_PROGRESS,
-        offered_at=bindparam("now"),
-        previous=bindparam("previous_images"),
-        last_event="offered",
-        updated_at=bindparam("now"),
+    .values(**_TAKEN)
+)
+# The same as one statement of its own (no transaction): only while the assignment is
+# still pending in a running campaign, as the check-in's read found it.
+_TAKE_IF_STILL_PENDING = DirectStatement(
+    update(_ASSIGNMENTS)
+    .prefix_with(EPOCH_UNCHANGED)
+    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
+    .where(_ASSIGNMENTS.c.state == AssignmentState.PENDING)
+    .where(
+        sql_select(_CAMPAIGNS.c.state)
+        .where(_CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id)
+        .scalar_subquery()
+        == CampaignState.RUNNING
     )
+    .values(**_TAKEN)
 )
 
 
@@ -243,6 +264,34 @@ def _record_inventory(
     ``rows``: the registry's rows of the vehicle, when the caller read them already.
     """
     registered = _load_registered(connection, vin, rows)
+    changed = _inventory_changes(registered, vin, reported, keyless=keyless)
+    if changed:
+        _SET_INSTALLED.execute(connection, changed)
+        # Installed images are a selector: the vehicle may now join a campaign.
+        _SET_CHANGED.execute(connection, {"vehicle_vin": vin, "changed_at": now})
+        installed = {c["ecu_serial"]: c["sha256"] for c in changed}
+        registered = _Registered(
+            site=registered.site,
+            last_seen=registered.last_seen,
+            ecus=tuple(
+                replace(e, installed_sha256=installed.get(e.serial, e.installed_sha256))
+                for e in registered.ecus
+            ),
+        )
+    if write_last_seen and _last_seen_due(registered, now):
+        _SET_LAST_SEEN.execute(connection, {"vehicle_vin": vin, "seen": now})
+    return registered, bool(changed)
+
+
+def _inventory_changes(
+    registered: _Registered, vin: str, reported: Sequence[EcuSpec], *, keyless: bool
+) -> list[dict[str, str]]:
+    """The ECUs whose reported image differs from the registry's, as statement parameters.
+
+    Raises:
+        PermissionDeniedError: ``keyless``, and the vehicle has ECU keys now.
+        InvalidArgumentError: the reported ECUs or hardware ids differ from the registry.
+    """
     if keyless and registered.has_keys:
         raise manifest_required(vin)
     by_serial = {ecu.serial: ecu for ecu in registered.ecus}
@@ -262,23 +311,12 @@ def _record_inventory(
             )
         if ecu.installed_sha256 != known.installed_sha256:
             changed.append({"ecu_serial": ecu.serial, "sha256": ecu.installed_sha256})
-    if changed:
-        _SET_INSTALLED.execute(connection, changed)
-        # Installed images are a selector: the vehicle may now join a campaign.
-        _SET_CHANGED.execute(connection, {"vehicle_vin": vin, "changed_at": now})
-        installed = {c["ecu_serial"]: c["sha256"] for c in changed}
-        registered = _Registered(
-            site=registered.site,
-            last_seen=registered.last_seen,
-            ecus=tuple(
-                replace(e, installed_sha256=installed.get(e.serial, e.installed_sha256))
-                for e in registered.ecus
-            ),
-        )
+    return changed
+
+
+def _last_seen_due(registered: _Registered, now: datetime) -> bool:
     last_seen = registered.last_seen
-    if write_last_seen and (last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION):
-        _SET_LAST_SEEN.execute(connection, {"vehicle_vin": vin, "seen": now})
-    return registered, bool(changed)
+    return last_seen is None or now - as_utc(last_seen) >= LAST_SEEN_RESOLUTION
 
 
 def _open_assignment(connection: Connection, vin: str, rows: list[Any] | None) -> _Open | None:
@@ -286,6 +324,10 @@ def _open_assignment(connection: Connection, vin: str, rows: list[Any] | None) -
     (``rows``: the caller's read of it, else read here)."""
     if rows is None:
         rows = _OPEN_ASSIGNMENT.rows(connection, {"vin": vin})
+    return _open_of(rows)
+
+
+def _open_of(rows: list[Any]) -> _Open | None:
     if not rows:
         return None
     row = rows[0]
@@ -444,10 +486,21 @@ def check_in(
     now = clock()
     # Read before the database is asked: a change committed later advances the epoch.
     epoch = quiet.epoch if quiet is not None else None
+    # On PostgreSQL most check-ins are answered by reads without a transaction.
+    answer = _answer_from_reads(
+        database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
+    )
     try:
-        answer = _check_in_once(
-            database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
-        )
+        if answer is None:
+            answer = _check_in_once(
+                database,
+                director,
+                vin,
+                ecus,
+                now,
+                write_last_seen=presence is None,
+                keyless=keyless,
+            )
     except IntegrityError:
         # Only on databases without INSERT ... ON CONFLICT: two first check-ins of one
         # vehicle raced to insert its Director row; it exists now.
@@ -472,6 +525,65 @@ def check_in(
     )
 
 
+_Answer = tuple[_Registered, bool, "_Open | None", "SignedDirectorMetadata | None"]
+
+
+def _answer_from_reads(
+    database: Database,
+    director: Director,
+    vin: str,
+    ecus: Sequence[EcuSpec],
+    now: datetime,
+    *,
+    write_last_seen: bool,
+    keyless: bool,
+) -> _Answer | None:
+    """The answer of a check-in without a transaction (PostgreSQL): two reads in one round
+    trip, and for a first offer whose Director metadata was signed ahead, one statement
+    that takes the assignment if it is still pending in a running campaign.
+
+    Answers nothing to do, repeat offers of stored fresh metadata and such first offers.
+    None when the check-in must do more (metadata to sign, a changed inventory, an
+    assignment to fail, one taken meanwhile) or the database does not pipeline: the caller
+    then runs the transaction of :func:`_check_in_once`. Without its row lock, the answer is
+    the one a check-in a moment earlier would have had; a change committed since reaches
+    the vehicle at its next check-in, as it would have then.
+    """
+    with database.engine.connect() as opened:
+        if not pipelines(opened):
+            return None
+        connection = opened.execution_options(isolation_level="AUTOCOMMIT")
+        vehicle_rows, assignment_rows = rows_together(
+            connection, (_LOAD_VEHICLE, {"vin": vin}), (_PEEK_ASSIGNMENT, {"vin": vin})
+        )
+        registered = _load_registered(connection, vin, vehicle_rows)
+        if _inventory_changes(registered, vin, ecus, keyless=keyless) or (
+            write_last_seen and _last_seen_due(registered, now)
+        ):
+            return None
+        found = _open_of(assignment_rows)
+        if found is None:
+            return registered, False, None, None
+        targets = _targets(connection, found, registered.ecus)
+        signed = director.stored_offer(vin, targets, found.director) if targets else None
+        if signed is not None and found.state == AssignmentState.PENDING:
+            taken = _TAKE_IF_STILL_PENDING.execute(
+                connection, _take_parameters(found, registered, now)
+            )
+            signed = signed if taken == 1 else None
+    return None if signed is None else (registered, False, found, signed)
+
+
+def _take_parameters(found: _Open, registered: _Registered, now: datetime) -> dict[str, Any]:
+    """Parameters of taking ``found``: the images its ECUs run now are the rollback's."""
+    previous = {e.serial: e.installed_sha256 for e in registered.ecus}
+    return {
+        "assignment_id": found.assignment_id,
+        "now": now,
+        "previous_images": json.dumps(previous, sort_keys=True),
+    }
+
+
 def _check_in_once(
     database: Database,
     director: Director,
@@ -481,7 +593,7 @@ def _check_in_once(
     *,
     write_last_seen: bool,
     keyless: bool = False,
-) -> tuple[_Registered, bool, _Open | None, SignedDirectorMetadata | None]:
+) -> _Answer:
     """One transaction: inventory, the open assignment (locked), its Director metadata.
 
     The metadata is read (or signed and stored) while the assignment row is locked, so
@@ -512,14 +624,6 @@ def _check_in_once(
             _FAIL_UNMATCHED.execute(connection, {"assignment_id": found.assignment_id, "now": now})
             return registered, changed, found, None
         if found.state == AssignmentState.PENDING:
-            previous = {e.serial: e.installed_sha256 for e in registered.ecus}
-            _TAKE.execute(
-                connection,
-                {
-                    "assignment_id": found.assignment_id,
-                    "now": now,
-                    "previous_images": json.dumps(previous, sort_keys=True),
-                },
-            )
+            _TAKE.execute(connection, _take_parameters(found, registered, now))
         signed = director.offer(connection, vin, targets, stored=found.director)
         return registered, changed, found, signed

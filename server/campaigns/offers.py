@@ -207,6 +207,9 @@ event.listen(SQLModel.metadata, "after_create", _install)
 
 
 _WRITE_PREFIXES: Final = ("INSERT", "UPDATE", "DELETE", "insert", "update", "delete")
+# A write whose SQL carries this comment cannot move the epoch, so no read of the epoch
+# follows it (a check-in taking its assignment: pending to in progress, both offerable).
+EPOCH_UNCHANGED: Final = "/* offer epoch unchanged */"
 _WROTE: Final = "staffel_offer_wrote"
 _EPOCH_AT_COMMIT: Final = "staffel_offer_epoch_at_commit"
 
@@ -220,7 +223,7 @@ def watch_local_writes(database: Database, quiet: QuietVehicles) -> None:
     """
 
     def after_execute(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().startswith(_WRITE_PREFIXES):
+        if statement.lstrip().startswith(_WRITE_PREFIXES) and EPOCH_UNCHANGED not in statement:
             conn.info[_WROTE] = True
 
     def on_commit(conn: Any) -> None:

@@ -320,7 +320,7 @@ class Director:
         for _ in range(_ATTEMPTS):
             if stored is Unread.UNREAD:
                 stored = stored_state(connection.execute(_READ_STATE, {"vin": vin}).first())
-            if stored is not None and stored.digest == digest and self.fresh(stored.expires):
+            if stored is not None and self._reusable(stored, digest):
                 # Stored metadata names these very targets, so they were checked when signed.
                 return stored.metadata
             if assignment is None:
@@ -337,6 +337,18 @@ class Director:
             f"the Director metadata of {vin} was re-signed concurrently {_ATTEMPTS} times: "
             f"let the vehicle check in again"
         )
+
+    def stored_offer(
+        self, vin: str, targets: Sequence[DirectorTarget], stored: StoredState | None
+    ) -> SignedDirectorMetadata | None:
+        """The stored metadata when :meth:`offer` would answer with it unchanged (it names
+        exactly ``targets`` and is not about to expire); None when it would sign."""
+        if stored is None or not self._reusable(stored, _digest(vin, targets)):
+            return None
+        return stored.metadata
+
+    def _reusable(self, stored: StoredState, digest: str) -> bool:
+        return stored.digest == digest and self.fresh(stored.expires)
 
     def fresh(self, expires: datetime) -> bool:
         """True while metadata expiring at ``expires`` is reused rather than re-signed."""

@@ -61,6 +61,8 @@ _LOOP_DRIVERS = frozenset({"psycopg"})
 # Seconds a pooled connection (PostgreSQL) may sit idle before its next checkout pings the
 # server first; a connection in steady use is not pinged (a round trip each).
 IDLE_PING_SECONDS = 5.0
+# Connections of the loop engine (PostgreSQL): a check-in holds one for two round trips.
+LOOP_POOL_SIZE = 16
 _RETURNED_AT = "staffel_returned_at"  # a pooled connection's monotonic check-in time
 _T = TypeVar("_T")
 
@@ -254,7 +256,12 @@ class Database:
                 "the database's loop engine belongs to another event loop: "
                 "call close_loop_engine() on that loop first"
             )
-        engine = create_async_engine(self._engine.url, pool_size=10, max_overflow=20)
+        # No overflow: the loop starts as many calls as come, and an overflow connection is
+        # closed when it is returned, so a burst would open (and PostgreSQL fork) a new
+        # one per call; calls beyond the pool wait for a connection instead.
+        engine = create_async_engine(
+            self._engine.url, pool_size=LOOP_POOL_SIZE, max_overflow=0, pool_timeout=60
+        )
         self._ping_when_idle(engine.sync_engine)
         for identifier, listener in self._listeners:
             event.listen(engine.sync_engine, identifier, listener)
