@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, or_, update
+from sqlalchemy import Connection, Engine, Select, and_, bindparam, or_, true, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
@@ -121,17 +121,19 @@ _LOAD_BUNDLE = (
 _LOAD_IMAGES = sql_select(*_IMAGE_COLUMNS).where(
     _IMAGES.c.target_name.in_(bindparam("names", expanding=True))
 )
+_VEHICLE_COLUMNS = (
+    _VEHICLES.c.site,
+    _VEHICLES.c.last_seen,
+    _ECUS.c.serial,
+    _ECUS.c.hardware_id,
+    _ECUS.c.primary,
+    _ECUS.c.installed_sha256,
+    (_ECUS.c.public_key != "").label("has_key"),
+)
+_VEHICLE_WITH_ECUS = _VEHICLES.outerjoin(_ECUS, _ECUS.c.vin == _VEHICLES.c.vin)
 _LOAD_VEHICLE = DirectStatement(
-    sql_select(
-        _VEHICLES.c.site,
-        _VEHICLES.c.last_seen,
-        _ECUS.c.serial,
-        _ECUS.c.hardware_id,
-        _ECUS.c.primary,
-        _ECUS.c.installed_sha256,
-        (_ECUS.c.public_key != "").label("has_key"),
-    )
-    .select_from(_VEHICLES.outerjoin(_ECUS, _ECUS.c.vin == _VEHICLES.c.vin))
+    sql_select(*_VEHICLE_COLUMNS)
+    .select_from(_VEHICLE_WITH_ECUS)
     .where(_VEHICLES.c.vin == bindparam("vin"))
     .order_by(_ECUS.c.serial)
 )
@@ -150,42 +152,58 @@ _SET_LAST_SEEN = DirectStatement(
     .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
     .values(last_seen=bindparam("seen"))
 )
-_OPEN_ASSIGNMENT_QUERY = (
-    sql_select(
-        _ASSIGNMENTS.c.id,
-        _ASSIGNMENTS.c.state,
-        _ASSIGNMENTS.c.targets,
-        _CAMPAIGNS.c.bundle_id,
-        _CAMPAIGNS.c.plan,
-        # The Director's state of the vehicle, read here to save a round trip.
-        *STATE_COLUMNS,
-    )
-    .select_from(
-        _ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id).outerjoin(
-            STATE_TABLE, STATE_TABLE.c.vin == _ASSIGNMENTS.c.vin
+
+
+def _open_assignment_query(vin: Any) -> Select[Any]:
+    """The vehicle's assignment to offer, with its campaign's bundle and plan and the
+    Director's state of the vehicle."""
+    return (
+        sql_select(
+            _ASSIGNMENTS.c.id,
+            _ASSIGNMENTS.c.state,
+            _ASSIGNMENTS.c.targets,
+            _CAMPAIGNS.c.bundle_id,
+            _CAMPAIGNS.c.plan,
+            # The Director's state of the vehicle, read here to save a round trip.
+            *STATE_COLUMNS,
         )
-    )
-    .where(_ASSIGNMENTS.c.vin == bindparam("vin"))
-    .where(
-        or_(
-            and_(
-                _CAMPAIGNS.c.state == CampaignState.RUNNING,
-                # Equalities, not IN: an IN list is rendered anew at every execution.
-                or_(*(_ASSIGNMENTS.c.state == state for state in _OFFERABLE)),
-            ),
-            and_(
-                _CAMPAIGNS.c.state == CampaignState.PAUSED,
-                _ASSIGNMENTS.c.state == AssignmentState.IN_PROGRESS,
-            ),
+        .select_from(
+            _ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id).outerjoin(
+                STATE_TABLE, STATE_TABLE.c.vin == _ASSIGNMENTS.c.vin
+            )
         )
+        .where(_ASSIGNMENTS.c.vin == vin)
+        .where(
+            or_(
+                and_(
+                    _CAMPAIGNS.c.state == CampaignState.RUNNING,
+                    # Equalities, not IN: an IN list is rendered anew at every execution.
+                    or_(*(_ASSIGNMENTS.c.state == state for state in _OFFERABLE)),
+                ),
+                and_(
+                    _CAMPAIGNS.c.state == CampaignState.PAUSED,
+                    _ASSIGNMENTS.c.state == AssignmentState.IN_PROGRESS,
+                ),
+            )
+        )
+        .order_by(_ASSIGNMENTS.c.id)
+        .limit(1)
     )
-    .order_by(_ASSIGNMENTS.c.id)
-    .limit(1)
-)
+
+
 # Locked while the check-in's transaction decides and writes.
-_OPEN_ASSIGNMENT = DirectStatement(_OPEN_ASSIGNMENT_QUERY.with_for_update(of=_ASSIGNMENTS))
-# Read without a transaction, for an answer that writes nothing (_answer_from_reads).
-_PEEK_ASSIGNMENT = DirectStatement(_OPEN_ASSIGNMENT_QUERY)
+_OPEN_ASSIGNMENT = DirectStatement(
+    _open_assignment_query(bindparam("vin")).with_for_update(of=_ASSIGNMENTS)
+)
+# The registry's rows of the vehicle, each with its open assignment (NULLs for none), in
+# one statement without a lock: the reads of _answer_from_reads (PostgreSQL).
+_OPEN_OF_VEHICLE = _open_assignment_query(_VEHICLES.c.vin).lateral("open_assignment")
+_READ_CHECK_IN = DirectStatement(
+    sql_select(*_VEHICLE_COLUMNS, *_OPEN_OF_VEHICLE.c)
+    .select_from(_VEHICLE_WITH_ECUS.outerjoin(_OPEN_OF_VEHICLE, true()))
+    .where(_VEHICLES.c.vin == bindparam("vin"))
+    .order_by(_ECUS.c.serial)
+)
 
 
 _FAIL_UNMATCHED = DirectStatement(
@@ -328,7 +346,7 @@ def _open_assignment(connection: Connection, vin: str, rows: list[Any] | None) -
 
 
 def _open_of(rows: list[Any]) -> _Open | None:
-    if not rows:
+    if not rows or rows[0].id is None:  # the second: a vehicle's row without an assignment
         return None
     row = rows[0]
     return _Open(
@@ -538,30 +556,29 @@ def _answer_from_reads(
     write_last_seen: bool,
     keyless: bool,
 ) -> _Answer | None:
-    """The answer of a check-in without a transaction (PostgreSQL): two reads in one round
-    trip, and for a first offer whose Director metadata was signed ahead, one statement
-    that takes the assignment if it is still pending in a running campaign.
+    """The answer of a check-in without a transaction (PostgreSQL): one read of the vehicle
+    with its open assignment, and for a first offer whose Director metadata was signed
+    ahead, one statement that takes the assignment if it is still pending in a running
+    campaign.
 
     Answers nothing to do, repeat offers of stored fresh metadata and such first offers.
     None when the check-in must do more (metadata to sign, a changed inventory, an
-    assignment to fail, one taken meanwhile) or the database does not pipeline: the caller
+    assignment to fail, one taken meanwhile) or the database is not PostgreSQL: the caller
     then runs the transaction of :func:`_check_in_once`. Without its row lock, the answer is
     the one a check-in a moment earlier would have had; a change committed since reaches
     the vehicle at its next check-in, as it would have then.
     """
     with database.engine.connect() as opened:
-        if not pipelines(opened):
+        if opened.dialect.name != "postgresql":  # no LATERAL join on SQLite
             return None
         connection = opened.execution_options(isolation_level="AUTOCOMMIT")
-        vehicle_rows, assignment_rows = rows_together(
-            connection, (_LOAD_VEHICLE, {"vin": vin}), (_PEEK_ASSIGNMENT, {"vin": vin})
-        )
-        registered = _load_registered(connection, vin, vehicle_rows)
+        rows = _READ_CHECK_IN.rows(connection, {"vin": vin})
+        registered = _load_registered(connection, vin, rows)
         if _inventory_changes(registered, vin, ecus, keyless=keyless) or (
             write_last_seen and _last_seen_due(registered, now)
         ):
             return None
-        found = _open_of(assignment_rows)
+        found = _open_of(rows)
         if found is None:
             return registered, False, None, None
         targets = _targets(connection, found, registered.ecus)

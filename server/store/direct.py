@@ -112,8 +112,20 @@ class DirectStatement:
         compiled = self._compiled_for(dialect)
         values = [self._values(compiled, each) for each in params]
         arguments: Any = values if many else values[0]
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        driver = connection.connection.driver_connection
         dispatch = connection.dispatch
+        if isinstance(driver, psycopg.AsyncConnection):
+            # On the event loop (Database.run_on_loop): one await for the statement and its
+            # rows, on the driver's own cursor.
+            dispatch.before_cursor_execute(connection, None, compiled.sql, arguments, None, many)
+            fetch = compiled.row is not None
+            try:
+                done = await_(_awaited(driver, compiled.sql, arguments, many=many, fetch=fetch))
+            except psycopg.Error as error:
+                raise _translated(connection, error, compiled.sql, arguments) from error
+            dispatch.after_cursor_execute(connection, None, compiled.sql, arguments, None, many)
+            return done, compiled
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         dispatch.before_cursor_execute(connection, cursor, compiled.sql, arguments, None, many)
         try:
             if many:
@@ -218,6 +230,32 @@ def rows_together(
 
 
 _PSYCOPG_CONNECTIONS = (psycopg.Connection, psycopg.AsyncConnection)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A statement awaited on the event loop, read like a closed DB-API cursor."""
+
+    fetched: list[Any]
+    rowcount: int
+
+    def fetchall(self) -> list[Any]:
+        return self.fetched
+
+    def close(self) -> None:
+        """Nothing to close: the driver's cursor was closed on the loop."""
+
+
+async def _awaited(
+    driver: psycopg.AsyncConnection[Any], sql: str, arguments: Any, *, many: bool, fetch: bool
+) -> _Done:
+    async with driver.cursor() as cursor:
+        if many:
+            await cursor.executemany(sql, arguments)
+        else:
+            await cursor.execute(sql, arguments)
+        fetched = await cursor.fetchall() if fetch else []
+        return _Done(fetched, cursor.rowcount)
 
 
 def _pipelined(driver: psycopg.Connection[Any], statements: list[tuple[str, Any]]) -> list[Any]:
