@@ -14,8 +14,9 @@ PostgreSQL (through psycopg) answers over the network. Its work runs on the loop
 differently: each statement awaits the server's answer there (``Database.run_on_loop``),
 so the loop serves other calls during every round trip, a statement that waits for a row
 lock waits without blocking anything, and no thread hands the interpreter lock back and
-forth. Measured over gRPC, that took repeat offers from ~2.0 ms to ~1 ms of server CPU
-(``docs/performance.md``).
+forth. On its own that changed little in server CPU (the asyncio driver's round trip costs
+more than the blocking one's); what it buys is that a call waiting on PostgreSQL, for a
+row lock or a slow network, holds no thread (``docs/performance.md``).
 """
 
 from __future__ import annotations
