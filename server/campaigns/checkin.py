@@ -10,27 +10,30 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, bindparam, or_, true, update
-from sqlalchemy import select as sql_select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
 
-# Imported for their tables, which the prebuilt statements below name.
-from server.campaigns import models as _campaign_models  # noqa: F401
-from server.campaigns.models import AssignmentState, CampaignState
-from server.campaigns.offers import EPOCH_UNCHANGED, QuietVehicles
+from server.campaigns.checkin_statements import (
+    FAIL_UNMATCHED,
+    LOAD_BUNDLE,
+    LOAD_IMAGES,
+    LOAD_VEHICLE,
+    OPEN_ASSIGNMENT,
+    READ_CHECK_IN,
+    SET_CHANGED,
+    SET_INSTALLED,
+    SET_LAST_SEEN,
+    TAKE,
+    TAKE_IF_STILL_PENDING,
+)
+from server.campaigns.models import AssignmentState
+from server.campaigns.offers import QuietVehicles
 from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
 from server.clock import Clock, as_utc, system_clock
 from server.errors import InvalidArgumentError, NotFoundError
-from server.fleet import models as _fleet_models  # noqa: F401
 from server.fleet.registry import EcuSpec, ReportedEcu
-
-# Imported for their tables, which the prebuilt statements below name.
-from server.releases import models as _release_models  # noqa: F401
 from server.repository.director import (
-    STATE_COLUMNS,
-    STATE_TABLE,
     Director,
     DirectorTarget,
     SignedDirectorMetadata,
@@ -39,14 +42,13 @@ from server.repository.director import (
 )
 from server.repository.manifests import manifest_required
 from server.store import Database
-from server.store.direct import DirectStatement, pipelines, rows_together
+from server.store.direct import pipelines, rows_together
 from server.validation import check_sha256, check_vin
 
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
 # last_seen is written at most this often per vehicle, so a quiet check-in writes nothing.
 LAST_SEEN_RESOLUTION = timedelta(minutes=1)
-_OFFERABLE = (AssignmentState.PENDING, AssignmentState.IN_PROGRESS)
 
 
 @dataclass(frozen=True)
@@ -96,161 +98,9 @@ class _Open:
     director: StoredState | None
 
 
-# Prebuilt Core statements: the check-in runs thousands of times a second, and building an
-# ORM query costs more than the database takes to answer it.
-_VEHICLES = SQLModel.metadata.tables["fleet_vehicle"]
-_ECUS = SQLModel.metadata.tables["fleet_ecu"]
-_ASSIGNMENTS = SQLModel.metadata.tables["campaign_assignment"]
-_CAMPAIGNS = SQLModel.metadata.tables["campaign"]
-_IMAGES = SQLModel.metadata.tables["release_image"]
-_BUNDLE_IMAGES = SQLModel.metadata.tables["release_bundle_image"]
-_IMAGE_COLUMNS = (
-    _IMAGES.c.target_name,
-    _IMAGES.c.sha256,
-    _IMAGES.c.length,
-    _IMAGES.c.hardware_id,
-)
-_LOAD_BUNDLE = (
-    sql_select(*_IMAGE_COLUMNS)
-    .select_from(
-        _IMAGES.join(_BUNDLE_IMAGES, _BUNDLE_IMAGES.c.target_name == _IMAGES.c.target_name)
-    )
-    .where(_BUNDLE_IMAGES.c.bundle_id == bindparam("bundle_id"))
-    .order_by(_IMAGES.c.target_name)
-)
-_LOAD_IMAGES = sql_select(*_IMAGE_COLUMNS).where(
-    _IMAGES.c.target_name.in_(bindparam("names", expanding=True))
-)
-_VEHICLE_COLUMNS = (
-    _VEHICLES.c.site,
-    _VEHICLES.c.last_seen,
-    _ECUS.c.serial,
-    _ECUS.c.hardware_id,
-    _ECUS.c.primary,
-    _ECUS.c.installed_sha256,
-    (_ECUS.c.public_key != "").label("has_key"),
-)
-_VEHICLE_WITH_ECUS = _VEHICLES.outerjoin(_ECUS, _ECUS.c.vin == _VEHICLES.c.vin)
-_LOAD_VEHICLE = DirectStatement(
-    sql_select(*_VEHICLE_COLUMNS)
-    .select_from(_VEHICLE_WITH_ECUS)
-    .where(_VEHICLES.c.vin == bindparam("vin"))
-    .order_by(_ECUS.c.serial)
-)
-_SET_INSTALLED = DirectStatement(
-    update(_ECUS)
-    .where(_ECUS.c.serial == bindparam("ecu_serial"))
-    .values(installed_sha256=bindparam("sha256"))
-)
-_SET_CHANGED = DirectStatement(
-    update(_VEHICLES)
-    .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
-    .values(changed_at=bindparam("changed_at"))
-)
-_SET_LAST_SEEN = DirectStatement(
-    update(_VEHICLES)
-    .where(_VEHICLES.c.vin == bindparam("vehicle_vin"))
-    .values(last_seen=bindparam("seen"))
-)
-
-
-def _open_assignment_query(vin: Any) -> Select[Any]:
-    """The vehicle's assignment to offer, with its campaign's bundle and plan and the
-    Director's state of the vehicle."""
-    return (
-        sql_select(
-            _ASSIGNMENTS.c.id,
-            _ASSIGNMENTS.c.state,
-            _ASSIGNMENTS.c.targets,
-            _CAMPAIGNS.c.bundle_id,
-            _CAMPAIGNS.c.plan,
-            # The Director's state of the vehicle, read here to save a round trip.
-            *STATE_COLUMNS,
-        )
-        .select_from(
-            _ASSIGNMENTS.join(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id).outerjoin(
-                STATE_TABLE, STATE_TABLE.c.vin == _ASSIGNMENTS.c.vin
-            )
-        )
-        .where(_ASSIGNMENTS.c.vin == vin)
-        .where(
-            or_(
-                and_(
-                    _CAMPAIGNS.c.state == CampaignState.RUNNING,
-                    # Equalities, not IN: an IN list is rendered anew at every execution.
-                    or_(*(_ASSIGNMENTS.c.state == state for state in _OFFERABLE)),
-                ),
-                and_(
-                    _CAMPAIGNS.c.state == CampaignState.PAUSED,
-                    _ASSIGNMENTS.c.state == AssignmentState.IN_PROGRESS,
-                ),
-            )
-        )
-        .order_by(_ASSIGNMENTS.c.id)
-        .limit(1)
-    )
-
-
-# Locked while the check-in's transaction decides and writes.
-_OPEN_ASSIGNMENT = DirectStatement(
-    _open_assignment_query(bindparam("vin")).with_for_update(of=_ASSIGNMENTS)
-)
-# The registry's rows of the vehicle, each with its open assignment (NULLs for none), in
-# one statement without a lock: the reads of _answer_from_reads (PostgreSQL).
-_OPEN_OF_VEHICLE = _open_assignment_query(_VEHICLES.c.vin).lateral("open_assignment")
-_READ_CHECK_IN = DirectStatement(
-    sql_select(*_VEHICLE_COLUMNS, *_OPEN_OF_VEHICLE.c)
-    .select_from(_VEHICLE_WITH_ECUS.outerjoin(_OPEN_OF_VEHICLE, true()))
-    .where(_VEHICLES.c.vin == bindparam("vin"))
-    .order_by(_ECUS.c.serial)
-)
-
-
-_FAIL_UNMATCHED = DirectStatement(
-    update(_ASSIGNMENTS)
-    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
-    .values(
-        state=AssignmentState.FAILED,
-        failure_type="install",
-        reported_at=bindparam("now"),
-        last_event="failed: no ECU of the vehicle matches the bundle's hardware ids",
-        updated_at=bindparam("now"),
-    )
-)
-_TAKEN = {
-    "state": AssignmentState.IN_PROGRESS,
-    "offered_at": bindparam("now"),
-    "previous": bindparam("previous_images"),
-    "last_event": "offered",
-    "updated_at": bindparam("now"),
-}
-# Taking a pending assignment leaves it offerable: the offer epoch cannot move.
-_TAKE = DirectStatement(
-    update(_ASSIGNMENTS)
-    .prefix_with(EPOCH_UNCHANGED)
-    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
-    .values(**_TAKEN)
-)
-# The same as one statement of its own (no transaction): only while the assignment is
-# still pending in a running campaign, as the check-in's read found it.
-_TAKE_IF_STILL_PENDING = DirectStatement(
-    update(_ASSIGNMENTS)
-    .prefix_with(EPOCH_UNCHANGED)
-    .where(_ASSIGNMENTS.c.id == bindparam("assignment_id"))
-    .where(_ASSIGNMENTS.c.state == AssignmentState.PENDING)
-    .where(
-        sql_select(_CAMPAIGNS.c.state)
-        .where(_CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id)
-        .scalar_subquery()
-        == CampaignState.RUNNING
-    )
-    .values(**_TAKEN)
-)
-
-
 def _load_registered(connection: Connection, vin: str, rows: list[Any] | None) -> _Registered:
     if rows is None:
-        rows = _LOAD_VEHICLE.rows(connection, {"vin": vin})
+        rows = LOAD_VEHICLE.rows(connection, {"vin": vin})
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
     ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
@@ -284,9 +134,9 @@ def _record_inventory(
     registered = _load_registered(connection, vin, rows)
     changed = _inventory_changes(registered, vin, reported, keyless=keyless)
     if changed:
-        _SET_INSTALLED.execute(connection, changed)
+        SET_INSTALLED.execute(connection, changed)
         # Installed images are a selector: the vehicle may now join a campaign.
-        _SET_CHANGED.execute(connection, {"vehicle_vin": vin, "changed_at": now})
+        SET_CHANGED.execute(connection, {"vehicle_vin": vin, "changed_at": now})
         installed = {c["ecu_serial"]: c["sha256"] for c in changed}
         registered = _Registered(
             site=registered.site,
@@ -297,7 +147,7 @@ def _record_inventory(
             ),
         )
     if write_last_seen and _last_seen_due(registered, now):
-        _SET_LAST_SEEN.execute(connection, {"vehicle_vin": vin, "seen": now})
+        SET_LAST_SEEN.execute(connection, {"vehicle_vin": vin, "seen": now})
     return registered, bool(changed)
 
 
@@ -341,7 +191,7 @@ def _open_assignment(connection: Connection, vin: str, rows: list[Any] | None) -
     """The assignment to offer: released in a running campaign, or taken in a paused one
     (``rows``: the caller's read of it, else read here)."""
     if rows is None:
-        rows = _OPEN_ASSIGNMENT.rows(connection, {"vin": vin})
+        rows = OPEN_ASSIGNMENT.rows(connection, {"vin": vin})
     return _open_of(rows)
 
 
@@ -381,7 +231,7 @@ def _bundle_images(connection: Connection, bundle_id: int) -> tuple[_BundleImage
     if images is None:
         images = tuple(
             _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connection.execute(_LOAD_BUNDLE, {"bundle_id": bundle_id})
+            for row in connection.execute(LOAD_BUNDLE, {"bundle_id": bundle_id})
         )
         if len(cache) >= _MAX_BUNDLES:
             cache.clear()
@@ -410,7 +260,7 @@ def offer_targets(
         wanted: dict[str, str] = json.loads(targets)
         images = {
             row.target_name: _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connection.execute(_LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
+            for row in connection.execute(LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
         }
         pairs = [(images[wanted[e.serial]], e) for e in ecus if wanted.get(e.serial) in images]
     else:
@@ -572,7 +422,7 @@ def _answer_from_reads(
         if opened.dialect.name != "postgresql":  # no LATERAL join on SQLite
             return None
         connection = opened.execution_options(isolation_level="AUTOCOMMIT")
-        rows = _READ_CHECK_IN.rows(connection, {"vin": vin})
+        rows = READ_CHECK_IN.rows(connection, {"vin": vin})
         registered = _load_registered(connection, vin, rows)
         if _inventory_changes(registered, vin, ecus, keyless=keyless) or (
             write_last_seen and _last_seen_due(registered, now)
@@ -584,7 +434,7 @@ def _answer_from_reads(
         targets = _targets(connection, found, registered.ecus)
         signed = director.stored_offer(vin, targets, found.director) if targets else None
         if signed is not None and found.state == AssignmentState.PENDING:
-            taken = _TAKE_IF_STILL_PENDING.execute(
+            taken = TAKE_IF_STILL_PENDING.execute(
                 connection, _take_parameters(found, registered, now)
             )
             signed = signed if taken == 1 else None
@@ -622,7 +472,7 @@ def _check_in_once(
             # One round trip for BEGIN and both reads. The assignment is locked before the
             # inventory is written then, in every check-in alike.
             vehicle_rows, assignment_rows = rows_together(
-                connection, (_LOAD_VEHICLE, {"vin": vin}), (_OPEN_ASSIGNMENT, {"vin": vin})
+                connection, (LOAD_VEHICLE, {"vin": vin}), (OPEN_ASSIGNMENT, {"vin": vin})
             )
         registered, changed = _record_inventory(
             connection,
@@ -638,9 +488,9 @@ def _check_in_once(
             return registered, changed, None, None
         targets = _targets(connection, found, registered.ecus)
         if not targets:
-            _FAIL_UNMATCHED.execute(connection, {"assignment_id": found.assignment_id, "now": now})
+            FAIL_UNMATCHED.execute(connection, {"assignment_id": found.assignment_id, "now": now})
             return registered, changed, found, None
         if found.state == AssignmentState.PENDING:
-            _TAKE.execute(connection, _take_parameters(found, registered, now))
+            TAKE.execute(connection, _take_parameters(found, registered, now))
         signed = director.offer(connection, vin, targets, stored=found.director)
         return registered, changed, found, signed
