@@ -8,7 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 from server.auth.roles import Principal, Role
 from server.campaigns.events import EventKind, FailureType, ReportedEvent
+from server.campaigns.lifecycle import CampaignActions
+from server.campaigns.plan import CampaignPlan
 from server.fleet.registry import EcuSpec, provision_vehicle
+from server.fleet.selectors import FleetSelector
 from server.releases.catalog import create_bundle
 from server.releases.models import Image
 from server.store import Database
@@ -57,6 +60,19 @@ def publish(database: Database) -> str:
     return create_bundle(
         database, name="sedan-2", vehicle_model="sedan", target_names=["gw-2.0"]
     ).bundle_id
+
+
+def start_campaign(database: Database, bundle_id: str) -> str:
+    """Campaign gw-2 of ``bundle_id`` over every sedan, one wave: created by ALICE,
+    approved by BOB and started; returns its id."""
+    actions = CampaignActions(database)
+    created = actions.create(
+        ALICE, name="gw-2", bundle_id=bundle_id, selector=FleetSelector("sedan"),
+        plan=CampaignPlan(),
+    )  # fmt: skip
+    actions.approve(BOB, created.campaign_id)
+    actions.start(ALICE, created.campaign_id)
+    return created.campaign_id
 
 
 def add_vehicle(

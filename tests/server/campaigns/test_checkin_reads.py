@@ -19,14 +19,20 @@ from keys.keyset import KeySet, init_keyset
 from server.campaigns.checkin import CheckInResult, check_in
 from server.campaigns.lifecycle import CampaignActions
 from server.campaigns.offers import EPOCH_UNCHANGED, QuietVehicles
-from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
 from server.campaigns.presign import presign
 from server.fleet.registry import EcuSpec
-from server.fleet.selectors import FleetSelector
 from server.repository.director import Director
 from server.store import Database
-from tests.server.campaigns.support import ALICE, BOB, NEW_SHA, OLD_SHA, add_vehicle, publish, vin
+from tests.server.campaigns.support import (
+    ALICE,
+    NEW_SHA,
+    OLD_SHA,
+    add_vehicle,
+    publish,
+    start_campaign,
+    vin,
+)
 
 
 @dataclass
@@ -60,18 +66,11 @@ def fleet(database: Database, tmp_path: Path) -> Fleet:
     director.initialize()
     for number in (1, 2, 3):
         add_vehicle(database, number)
-    bundle = publish(database)
-    actions = CampaignActions(database)
-    created = actions.create(
-        ALICE, name="gw-2", bundle_id=bundle, selector=FleetSelector("sedan"),
-        plan=CampaignPlan(),
-    )  # fmt: skip
-    actions.approve(BOB, created.campaign_id)
-    actions.start(ALICE, created.campaign_id)
+    campaign = start_campaign(database, publish(database))
     quiet = QuietVehicles()
     quiet.watch_local_writes(database)
     quiet.refresh(database)
-    return Fleet(database, director, quiet, created.campaign_id)
+    return Fleet(database, director, quiet, campaign)
 
 
 @pytest.fixture

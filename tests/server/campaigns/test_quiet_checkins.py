@@ -41,6 +41,7 @@ from tests.server.campaigns.support import (
     ManualClock,
     add_vehicle,
     publish,
+    start_campaign,
     vin,
 )
 from tests.server.campaigns.support import (
@@ -239,13 +240,7 @@ async def test_a_campaign_started_on_one_replica_reaches_vehicles_on_the_other(
             await asyncio.sleep(0.05)
         assert {await outcome(n) for n in numbers} == {"nothing_to_do"}
 
-        actions = CampaignActions(a.database)
-        created = actions.create(
-            ALICE, name="gw-2", bundle_id=bundle, selector=FleetSelector("sedan"),
-            plan=CampaignPlan(),
-        )  # fmt: skip
-        actions.approve(BOB, created.campaign_id)
-        actions.start(ALICE, created.campaign_id)
+        start_campaign(a.database, bundle)
         await asyncio.to_thread(a.engine.step)
 
         offered: set[int] = set()
