@@ -22,8 +22,9 @@ row lock or a slow network, holds no thread (``docs/performance.md``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from functools import partial
 from typing import TypeVar
 
 from prometheus_client import Counter
@@ -62,15 +63,9 @@ class DatabaseWork:
         memory) come only after its last statement succeeded: a step that finds the lock
         taken on the loop is run again from its start in the thread.
         """
-        remaining: list[Callable[[], object]] = [*steps, then]
         if self._awaiting:
-
-            def in_order() -> _T:
-                for step in steps:
-                    step()
-                return then()
-
-            return await self._database.run_on_loop(in_order)
+            return await self._database.run_on_loop(partial(_in_order, steps, then))
+        remaining: list[Callable[[], object]] = [*steps, then]
         if self._on_loop:
             try:
                 with self._database.without_waiting():
@@ -82,9 +77,11 @@ class DatabaseWork:
                 if self._moved is not None:
                     self._moved.inc()
 
-        def in_thread() -> _T:
-            for step in remaining[:-1]:
-                step()
-            return then()
-
+        in_thread = partial(_in_order, remaining[:-1], then)
         return await asyncio.get_running_loop().run_in_executor(self._executor, in_thread)
+
+
+def _in_order(steps: Sequence[Callable[[], object]], then: Callable[[], _T]) -> _T:
+    for step in steps:
+        step()
+    return then()

@@ -355,26 +355,21 @@ def check_in(
     # Read before the database is asked: a change committed later advances the epoch.
     epoch = quiet.epoch if quiet is not None else None
     # On PostgreSQL most check-ins are answered by reads without a transaction.
+    write_last_seen = presence is None
     answer = _answer_from_reads(
-        database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
+        database, director, vin, ecus, now, write_last_seen=write_last_seen, keyless=keyless
     )
-    try:
-        if answer is None:
-            answer = _check_in_once(
-                database,
-                director,
-                vin,
-                ecus,
-                now,
-                write_last_seen=presence is None,
-                keyless=keyless,
-            )
-    except IntegrityError:
-        # Only on databases without INSERT ... ON CONFLICT: two first check-ins of one
-        # vehicle raced to insert its Director row; it exists now.
-        answer = _check_in_once(
-            database, director, vin, ecus, now, write_last_seen=presence is None, keyless=keyless
-        )
+    if answer is None:
+        once = functools.partial(
+            _check_in_once, database, director, vin, ecus, now,
+            write_last_seen=write_last_seen, keyless=keyless,
+        )  # fmt: skip
+        try:
+            answer = once()
+        except IntegrityError:
+            # Only on databases without INSERT ... ON CONFLICT: two first check-ins of one
+            # vehicle raced to insert its Director row; it exists now.
+            answer = once()
     registered, changed, found, signed = answer
     if presence is not None:
         presence.mark(vin, now)
@@ -418,9 +413,9 @@ def _answer_from_reads(
     the one a check-in a moment earlier would have had; a change committed since reaches
     the vehicle at its next check-in, as it would have then.
     """
+    if database.engine.dialect.name != "postgresql":  # no LATERAL join on SQLite
+        return None
     with database.engine.connect() as opened:
-        if opened.dialect.name != "postgresql":  # no LATERAL join on SQLite
-            return None
         connection = opened.execution_options(isolation_level="AUTOCOMMIT")
         rows = READ_CHECK_IN.rows(connection, {"vin": vin})
         registered = _load_registered(connection, vin, rows)

@@ -68,7 +68,7 @@ class DirectStatement:
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
         named = compiled.positiontup is None
-        names = list(compiled.binds) if compiled.positiontup is None else compiled.positiontup
+        names = list(compiled.binds) if named else (compiled.positiontup or [])
         parameters = []
         for name in names:
             bind = compiled.binds[name]
@@ -89,6 +89,8 @@ class DirectStatement:
         return _Compiled(compiled.string, tuple(parameters), named, row, tuple(results))
 
     def _values(self, compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+        """The statement's parameters for the driver: a list in order (a name may repeat
+        there), or a dict where the paramstyle names them."""
         values = []
         for name, default, processor in compiled.parameters:
             value = params.get(name, default)
