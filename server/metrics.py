@@ -43,6 +43,13 @@ class ServerMetrics:
             "connection's write lock taken and were run in the vehicles' thread instead.",
             registry=self.registry,
         )
+        self.checkin_read_batch = Histogram(
+            "staffel_checkin_read_batch_size",
+            "Check-ins whose reads went to the database in one statement (PostgreSQL: what "
+            "concurrent check-ins ask while a read is in flight goes together in the next).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.vehicle_events = Counter(
             "staffel_vehicle_events_total",
             "Vehicle events recorded, by kind; resends are not counted.",

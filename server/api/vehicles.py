@@ -14,6 +14,7 @@ from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 from server.api.convert import timestamp
 from server.api.database_work import DatabaseWork
 from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
+from server.campaigns.checkin_batches import CheckInBatches
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
@@ -95,6 +96,13 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             database,
             clock=clock,
             offer_epoch=(lambda: quiet.epoch) if quiet is not None else None,
+        )
+        # PostgreSQL with the work awaiting on the loop: concurrent check-ins' statements
+        # coalesce.
+        self._batches = (
+            CheckInBatches(database, read_batch_sizes=metrics.checkin_read_batch)
+            if work_on_loop and database.awaits_on_loop
+            else None
         )
         self._clock = clock
         self._presence = presence
@@ -267,6 +275,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
             presence=self._presence,
             quiet=self._quiet,
             keyless=keyless,
+            batches=self._batches,
         )
 
     def _answer(self, result: CheckInResult, *, chain_held: bool) -> vehicle_pb2.CheckInResponse:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from server.campaigns.checkin_batches import CheckInBatches
 from server.campaigns.checkin_statements import (
     FAIL_UNMATCHED,
-    LOAD_BUNDLE,
-    LOAD_IMAGES,
     LOAD_VEHICLE,
     OPEN_ASSIGNMENT,
     READ_CHECK_IN,
@@ -27,6 +26,7 @@ from server.campaigns.checkin_statements import (
     TAKE_IF_STILL_PENDING,
 )
 from server.campaigns.models import AssignmentState
+from server.campaigns.offer_targets import offer_targets
 from server.campaigns.offers import QuietVehicles
 from server.campaigns.plan import CampaignPlan
 from server.campaigns.presence import LastSeenBuffer
@@ -101,6 +101,11 @@ class _Open:
 def _load_registered(connection: Connection, vin: str, rows: list[Any] | None) -> _Registered:
     if rows is None:
         rows = LOAD_VEHICLE.rows(connection, {"vin": vin})
+    return _registered_of(vin, rows)
+
+
+def _registered_of(vin: str, rows: list[Any]) -> _Registered:
+    """The registry's view of ``vin`` from its rows (one per ECU, or one without)."""
     if not rows:
         raise NotFoundError(f"vehicle {vin} is not registered: provision it first")
     ecus = tuple(ecu_of(row) for row in rows if row.serial is not None)
@@ -209,77 +214,12 @@ def _open_of(rows: list[Any]) -> _Open | None:
     )
 
 
-@dataclass(frozen=True)
-class _BundleImage:
-    target_name: str
-    sha256: str
-    length: int
-    hardware_id: str
-
-
-# A bundle never changes once created (nor does an image), so each process reads a
-# bundle's images once per database; bounded, and dropped with the database's engine.
-_BUNDLES: weakref.WeakKeyDictionary[Engine, dict[int, tuple[_BundleImage, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-_MAX_BUNDLES = 256  # per database
-
-
-def _bundle_images(connection: Connection, bundle_id: int) -> tuple[_BundleImage, ...]:
-    cache = _BUNDLES.setdefault(connection.engine, {})
-    images = cache.get(bundle_id)
-    if images is None:
-        images = tuple(
-            _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connection.execute(LOAD_BUNDLE, {"bundle_id": bundle_id})
-        )
-        if len(cache) >= _MAX_BUNDLES:
-            cache.clear()
-        cache[bundle_id] = images
-    return images
-
-
-def _targets(connection: Connection, found: _Open, ecus: Sequence[EcuSpec]) -> list[DirectorTarget]:
-    return offer_targets(connection, targets=found.targets, bundle_id=found.bundle_id, ecus=ecus)
-
-
-def offer_targets(
-    connection: Connection, *, targets: str, bundle_id: int, ecus: Sequence[EcuSpec]
+def _targets(
+    engine: Engine, connect: Callable[[], Connection], found: _Open, ecus: Sequence[EcuSpec]
 ) -> list[DirectorTarget]:
-    """The Director targets an offer of an assignment names for a vehicle's ECUs.
-
-    Args:
-        connection: Reads the images.
-        targets: The assignment's own targets (JSON, ECU serial to target name: a
-            rollback's), or empty for the campaign's bundle.
-        bundle_id: The campaign's bundle, matched to ECUs by hardware id.
-        ecus: The vehicle's registered ECUs.
-    """
-    pairs: list[tuple[_BundleImage, EcuSpec]]
-    if targets:
-        wanted: dict[str, str] = json.loads(targets)
-        images = {
-            row.target_name: _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connection.execute(LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
-        }
-        pairs = [(images[wanted[e.serial]], e) for e in ecus if wanted.get(e.serial) in images]
-    else:
-        pairs = [
-            (image, ecu)
-            for image in _bundle_images(connection, bundle_id)
-            for ecu in ecus
-            if ecu.hardware_id == image.hardware_id
-        ]
-    return [
-        DirectorTarget(
-            target_name=image.target_name,
-            sha256=image.sha256,
-            length=image.length,
-            ecu_serial=ecu.serial,
-            hardware_id=ecu.hardware_id,
-        )
-        for image, ecu in pairs
-    ]
+    return offer_targets(
+        connect, engine=engine, targets=found.targets, bundle_id=found.bundle_id, ecus=ecus
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -327,6 +267,7 @@ def check_in(
     presence: LastSeenBuffer | None = None,
     quiet: QuietVehicles | None = None,
     keyless: bool = False,
+    batches: CheckInBatches | None = None,
 ) -> CheckInResult:
     """Handles one check-in.
 
@@ -344,6 +285,8 @@ def check_in(
         keyless: The check-in carries no manifest on the strength of the vehicle having
             had no ECU keys; confirmed in the same read as the registry, so a key
             registered since refuses the check-in before anything is stored.
+        batches: The server's coalesced statements (PostgreSQL, work on the event loop):
+            the check-in's read (and take) goes in the next batch of concurrent check-ins'.
 
     Raises:
         InvalidArgumentError: malformed request, or ECUs that differ from the registry.
@@ -357,8 +300,9 @@ def check_in(
     # On PostgreSQL most check-ins are answered by reads without a transaction.
     write_last_seen = presence is None
     answer = _answer_from_reads(
-        database, director, vin, ecus, now, write_last_seen=write_last_seen, keyless=keyless
-    )
+        database, director, vin, ecus, now,
+        write_last_seen=write_last_seen, keyless=keyless, batches=batches,
+    )  # fmt: skip
     if answer is None:
         once = functools.partial(
             _check_in_once, database, director, vin, ecus, now,
@@ -400,6 +344,7 @@ def _answer_from_reads(
     *,
     write_last_seen: bool,
     keyless: bool,
+    batches: CheckInBatches | None = None,
 ) -> _Answer | None:
     """The answer of a check-in without a transaction (PostgreSQL): one read of the vehicle
     with its open assignment, and for a first offer whose Director metadata was signed
@@ -415,10 +360,22 @@ def _answer_from_reads(
     """
     if database.engine.dialect.name != "postgresql":  # no LATERAL join on SQLite
         return None
-    with database.engine.connect() as opened:
-        connection = opened.execution_options(isolation_level="AUTOCOMMIT")
-        rows = READ_CHECK_IN.rows(connection, {"vin": vin})
-        registered = _load_registered(connection, vin, rows)
+    with ExitStack() as opened:
+        autocommit: list[Connection] = []
+
+        def connection() -> Connection:
+            # Taken on first use: an answer from a coalesced read may need none.
+            if not autocommit:
+                taken = opened.enter_context(database.engine.connect())
+                autocommit.append(taken.execution_options(isolation_level="AUTOCOMMIT"))
+            return autocommit[0]
+
+        batched = batches if batches is not None and batches.applies(database) else None
+        if batched is not None:
+            rows = batched.rows(vin)
+        else:
+            rows = READ_CHECK_IN.rows(connection(), {"vin": vin})
+        registered = _registered_of(vin, rows)
         if _inventory_changes(registered, vin, ecus, keyless=keyless) or (
             write_last_seen and _last_seen_due(registered, now)
         ):
@@ -426,13 +383,15 @@ def _answer_from_reads(
         found = _open_of(rows)
         if found is None:
             return registered, False, None, None
-        targets = _targets(connection, found, registered.ecus)
+        targets = _targets(database.engine, connection, found, registered.ecus)
         signed = director.stored_offer(vin, targets, found.director) if targets else None
         if signed is not None and found.state == AssignmentState.PENDING:
-            taken = TAKE_IF_STILL_PENDING.execute(
-                connection, _take_parameters(found, registered, now)
-            )
-            signed = signed if taken == 1 else None
+            parameters = _take_parameters(found, registered, now)
+            if batched is not None:
+                taken = batched.take(parameters)
+            else:
+                taken = TAKE_IF_STILL_PENDING.execute(connection(), parameters) == 1
+            signed = signed if taken else None
     return None if signed is None else (registered, False, found, signed)
 
 
@@ -481,7 +440,7 @@ def _check_in_once(
         found = _open_assignment(connection, vin, assignment_rows)
         if found is None:
             return registered, changed, None, None
-        targets = _targets(connection, found, registered.ecus)
+        targets = _targets(connection.engine, lambda: connection, found, registered.ecus)
         if not targets:
             FAIL_UNMATCHED.execute(connection, {"assignment_id": found.assignment_id, "now": now})
             return registered, changed, found, None

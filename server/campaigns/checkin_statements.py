@@ -8,7 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, or_, true, update
+from sqlalchemy import (
+    ARRAY,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    true,
+    update,
+)
 from sqlalchemy import select as sql_select
 from sqlmodel import SQLModel
 
@@ -127,6 +140,14 @@ READ_CHECK_IN = DirectStatement(
     .where(VEHICLES.c.vin == bindparam("vin"))
     .order_by(ECUS.c.serial)
 )
+# The same for several vehicles at once (concurrent check-ins' reads, coalesced), each row
+# with its vehicle's VIN.
+READ_CHECK_INS = DirectStatement(
+    sql_select(VEHICLES.c.vin.label("vehicle_vin"), *VEHICLE_COLUMNS, *OPEN_OF_VEHICLE.c)
+    .select_from(VEHICLE_WITH_ECUS.outerjoin(OPEN_OF_VEHICLE, true()))
+    .where(VEHICLES.c.vin == any_(bindparam("vins", type_=ARRAY(String))))
+    .order_by(VEHICLES.c.vin, ECUS.c.serial)
+)
 
 
 FAIL_UNMATCHED = DirectStatement(
@@ -168,4 +189,32 @@ TAKE_IF_STILL_PENDING = DirectStatement(
         == CampaignState.RUNNING
     )
     .values(**TAKEN)
+)
+
+# Several assignments at once (concurrent check-ins' takes, coalesced), each with its own
+# moment and previous images; returns the ids taken.
+TAKING = sql_select(
+    func.unnest(bindparam("assignment_ids", type_=ARRAY(Integer))).label("id"),
+    func.unnest(bindparam("nows", type_=ARRAY(DateTime()))).label("now"),
+    func.unnest(bindparam("previous_images", type_=ARRAY(String))).label("previous"),
+).subquery("taking")
+TAKE_ALL_STILL_PENDING = DirectStatement(
+    update(ASSIGNMENTS)
+    .prefix_with(EPOCH_UNCHANGED)
+    .where(ASSIGNMENTS.c.id == TAKING.c.id)
+    .where(ASSIGNMENTS.c.state == AssignmentState.PENDING)
+    .where(
+        sql_select(CAMPAIGNS.c.state)
+        .where(CAMPAIGNS.c.id == ASSIGNMENTS.c.campaign_id)
+        .scalar_subquery()
+        == CampaignState.RUNNING
+    )
+    .values(
+        state=AssignmentState.IN_PROGRESS,
+        offered_at=TAKING.c.now,
+        previous=TAKING.c.previous,
+        last_event="offered",
+        updated_at=TAKING.c.now,
+    )
+    .returning(ASSIGNMENTS.c.id)
 )

@@ -6,7 +6,7 @@ releases a wave, the server process that runs the engine signs them in the backg
 in batches, so that a first offer finds its metadata stored and answers like a repeat
 offer.
 
-The targets are those the check-in computes (:func:`server.campaigns.checkin.offer_targets`
+The targets are those the check-in computes (:func:`server.campaigns.offer_targets.offer_targets`
 over the vehicle's registered ECUs) and the metadata is stored through the Director's
 compare-and-set write, so a check-in or another signer racing for the same vehicle never
 gets a wrong answer: the loser just signed once for nothing. Whatever the pre-signer
@@ -31,8 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 from tuf.api.metadata import Root
 
-from server.campaigns.checkin import ecu_of, offer_targets
+from server.campaigns.checkin import ecu_of
 from server.campaigns.models import AssignmentState, CampaignState
+from server.campaigns.offer_targets import offer_targets
 from server.campaigns.offers import read_epoch
 from server.errors import InvalidArgumentError
 from server.fleet.registry import EcuSpec
@@ -251,7 +252,8 @@ class Presigner:
             for row in rows:
                 try:
                     targets = offer_targets(
-                        connection,
+                        lambda: connection,
+                        engine=connection.engine,
                         targets=row.targets,
                         bundle_id=row.bundle_id,
                         ecus=ecus.get(row.vin, []),

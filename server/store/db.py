@@ -228,6 +228,13 @@ class Database:
         awaiting the server's answer (:meth:`run_on_loop`): PostgreSQL through psycopg."""
         return self._engine.url.get_driver_name() in _LOOP_DRIVERS
 
+    @property
+    def in_work_on_loop(self) -> bool:
+        """Whether the caller is blocking code inside this database's :meth:`run_on_loop`
+        (where a coroutine can be awaited, ``sqlalchemy.util.await_``)."""
+        on_loop = _on_loop.get()
+        return on_loop is not None and on_loop[0] is self
+
     async def run_on_loop(self, work: Callable[[], _T]) -> _T:
         """Runs ``work``, blocking database code, on the running event loop: its statements
         (through :attr:`engine`) await the database's answers there, so the loop serves

@@ -79,9 +79,14 @@ class DirectStatement:
             parameters.append((name, default, processor))
         row: Any = None
         results: list[tuple[int, _Processor]] = []
-        if isinstance(self.statement, Select):
-            columns = list(self.statement.selected_columns)
-            row = _row_type("Row", self.statement.selected_columns.keys(), rename=True)
+        selected = (
+            self.statement.selected_columns
+            if isinstance(self.statement, Select)
+            else self.statement.exported_columns  # RETURNING's, if any
+        )
+        if len(selected):
+            columns = list(selected)
+            row = _row_type("Row", selected.keys(), rename=True)
             for index, column in enumerate(columns):
                 processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
                 if processor is not None:
@@ -161,7 +166,7 @@ class DirectStatement:
         return rows
 
     def rows(self, connection: Connection, params: Mapping[str, Any]) -> list[Any]:
-        """Every row of the statement (a select) with ``params``."""
+        """Every row of the statement (a select, or a write with RETURNING) with ``params``."""
         if connection.dialect.name not in _DIRECT_DIALECTS:
             return list(connection.execute(self.statement, params).all())
         cursor, compiled = self._run(connection, [params], many=False)
