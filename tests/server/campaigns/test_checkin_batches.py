@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from server.campaigns.lifecycle import CampaignActions
 from server.campaigns.offers import EPOCH_UNCHANGED, QuietVehicles
 from server.campaigns.presence import LastSeenBuffer
 from server.campaigns.presign import presign
+from server.clock import as_utc, system_clock
 from server.errors import NotFoundError
 from server.fleet.registry import EcuSpec
 from server.repository.director import Director
@@ -67,6 +69,14 @@ class Fleet:
     def writes(self) -> list[str]:
         return [s for s in self.statements if s.lstrip().upper().startswith("UPDATE")]
 
+    def offered_at(self, number: int) -> datetime:
+        with self.database.engine.connect() as connection:
+            offered: datetime = connection.execute(
+                text("SELECT offered_at FROM campaign_assignment WHERE vin = :vin"),
+                {"vin": vin(number)},
+            ).scalar_one()
+        return as_utc(offered)
+
     def state(self, number: int) -> tuple[str, str]:
         with self.database.engine.connect() as connection:
             state, previous = connection.execute(
@@ -100,7 +110,9 @@ async def fleet(postgres_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
 
 
 async def test_first_offers_together_take_one_read_and_one_take(fleet: Fleet) -> None:
+    before = system_clock()  # the server's clock, to the second
     firsts = await fleet.together(*VEHICLES)
+    after = system_clock()
     assert all(isinstance(a, CheckInResult) and a.director is not None for a in firsts)
     assert len(fleet.reads()) == 1, "one read for all six vehicles"
     assert "ANY" in fleet.reads()[0]
@@ -110,6 +122,8 @@ async def test_first_offers_together_take_one_read_and_one_take(fleet: Fleet) ->
     assert not any("FOR UPDATE" in s for s in fleet.statements), "no transaction"
     for number in VEHICLES:
         assert fleet.state(number) == ("in_progress", json.dumps({f"gw-{number}": OLD_SHA}))
+        # Each check-in's own moment, stored as the single take stores it.
+        assert before <= fleet.offered_at(number) <= after
     assert fleet.batches.statements == (1, 1)
 
     fleet.statements.clear()
@@ -130,6 +144,7 @@ async def test_a_lone_check_in_reads_its_vehicle_alone(fleet: Fleet) -> None:
     assert len(fleet.writes()) == 1
     assert "unnest" not in fleet.writes()[0]
     assert fleet.state(1)[0] == "in_progress"
+    assert datetime.now(UTC) - fleet.offered_at(1) < timedelta(minutes=1)
 
 
 async def test_an_unknown_vehicle_fails_alone(fleet: Fleet) -> None:
