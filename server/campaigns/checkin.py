@@ -385,13 +385,16 @@ def _answer_from_reads(
             return registered, False, None, None
         targets = _targets(database.engine, connection, found, registered.ecus)
         signed = director.stored_offer(vin, targets, found.director) if targets else None
+        take = None
         if signed is not None and found.state == AssignmentState.PENDING:
-            parameters = _take_parameters(found, registered, now)
-            if batched is not None:
-                taken = batched.take(parameters)
-            else:
-                taken = TAKE_IF_STILL_PENDING.execute(connection(), parameters) == 1
-            signed = signed if taken else None
+            take = _take_parameters(found, registered, now)
+            if batched is None:
+                taken = TAKE_IF_STILL_PENDING.execute(connection(), take) == 1
+                signed = signed if taken else None
+    if take is not None and batched is not None:
+        # After the connection went back to the pool: the batch needs one, and check-ins
+        # holding every connection while waiting for it would wait for each other.
+        signed = signed if batched.take(take) else None
     return None if signed is None else (registered, False, found, signed)
 
 

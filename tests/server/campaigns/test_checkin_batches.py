@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from keys.keyset import KeySet, init_keyset
+from server.campaigns import offer_targets as offer_targets_module
 from server.campaigns.checkin import CheckInResult, check_in
 from server.campaigns.checkin_batches import CheckInBatches
 from server.campaigns.lifecycle import CampaignActions
@@ -186,3 +187,25 @@ async def test_a_campaign_paused_before_the_take_takes_nothing(fleet: Fleet) -> 
     assert all(isinstance(a, CheckInResult) and a.director is None for a in answers)
     for number in (4, 5, 6):
         assert fleet.state(number)[0] == "pending"
+
+
+async def test_no_check_in_holds_a_connection_while_its_take_waits(fleet: Fleet) -> None:
+    # Cold bundle cache: each check-in takes a connection to read the bundle's images.
+    # Holding it while the take waits for its batch (which needs a connection of its own)
+    # would let a burst of first offers take the whole pool and wait for each other.
+    offer_targets_module._BUNDLES.clear()
+    database = fleet.database
+    in_use: list[int] = []
+
+    def count(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if "unnest" in sql and sql.lstrip().upper().startswith("UPDATE"):
+            in_use.append(database.engine.pool.checkedout())  # type: ignore[attr-defined]
+
+    database.listen("before_cursor_execute", count)
+    try:
+        answers = await fleet.together(*VEHICLES)
+    finally:
+        database.remove_listener("before_cursor_execute", count)
+    assert all(isinstance(a, CheckInResult) and a.director is not None for a in answers)
+    assert any("release_bundle_image" in s for s in fleet.statements), "the images were read"
+    assert in_use == [1], "only the batch's own connection"
