@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
-    DateTime,
     Integer,
     Select,
     String,
@@ -175,19 +174,21 @@ TAKE = DirectStatement(
     .where(ASSIGNMENTS.c.id == bindparam("assignment_id"))
     .values(**TAKEN)
 )
-# The same as one statement of its own (no transaction): only while the assignment is
-# still pending in a running campaign, as the check-in's read found it.
+# A take without a transaction is conditional: the assignment is still pending in a
+# running campaign, as the check-in's read found it.
+STILL_PENDING = and_(
+    ASSIGNMENTS.c.state == AssignmentState.PENDING,
+    sql_select(CAMPAIGNS.c.state)
+    .where(CAMPAIGNS.c.id == ASSIGNMENTS.c.campaign_id)
+    .scalar_subquery()
+    == CampaignState.RUNNING,
+)
+# The take as one statement of its own (no transaction).
 TAKE_IF_STILL_PENDING = DirectStatement(
     update(ASSIGNMENTS)
     .prefix_with(EPOCH_UNCHANGED)
     .where(ASSIGNMENTS.c.id == bindparam("assignment_id"))
-    .where(ASSIGNMENTS.c.state == AssignmentState.PENDING)
-    .where(
-        sql_select(CAMPAIGNS.c.state)
-        .where(CAMPAIGNS.c.id == ASSIGNMENTS.c.campaign_id)
-        .scalar_subquery()
-        == CampaignState.RUNNING
-    )
+    .where(STILL_PENDING)
     .values(**TAKEN)
 )
 
@@ -195,26 +196,21 @@ TAKE_IF_STILL_PENDING = DirectStatement(
 # moment and previous images; returns the ids taken.
 TAKING = sql_select(
     func.unnest(bindparam("assignment_ids", type_=ARRAY(Integer))).label("id"),
-    func.unnest(bindparam("nows", type_=ARRAY(DateTime()))).label("now"),
+    func.unnest(bindparam("nows", type_=ARRAY(ASSIGNMENTS.c.offered_at.type))).label("now"),
     func.unnest(bindparam("previous_images", type_=ARRAY(String))).label("previous"),
 ).subquery("taking")
 TAKE_ALL_STILL_PENDING = DirectStatement(
     update(ASSIGNMENTS)
     .prefix_with(EPOCH_UNCHANGED)
     .where(ASSIGNMENTS.c.id == TAKING.c.id)
-    .where(ASSIGNMENTS.c.state == AssignmentState.PENDING)
-    .where(
-        sql_select(CAMPAIGNS.c.state)
-        .where(CAMPAIGNS.c.id == ASSIGNMENTS.c.campaign_id)
-        .scalar_subquery()
-        == CampaignState.RUNNING
-    )
+    .where(STILL_PENDING)
     .values(
-        state=AssignmentState.IN_PROGRESS,
-        offered_at=TAKING.c.now,
-        previous=TAKING.c.previous,
-        last_event="offered",
-        updated_at=TAKING.c.now,
+        {
+            **TAKEN,
+            "offered_at": TAKING.c.now,
+            "previous": TAKING.c.previous,
+            "updated_at": TAKING.c.now,
+        }
     )
     .returning(ASSIGNMENTS.c.id)
 )

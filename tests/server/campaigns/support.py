@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
+
 from server.auth.roles import Principal, Role
 from server.campaigns.events import EventKind, FailureType, ReportedEvent
 from server.campaigns.lifecycle import CampaignActions
@@ -114,3 +116,13 @@ def success(assignment_id: str, at: datetime | None = None) -> list[ReportedEven
         event(assignment_id, kind, at=at)
         for kind in (EventKind.INSTALLED, EventKind.HEALTHY, EventKind.COMMITTED)
     ]
+
+
+def assignment_state(database: Database, number: int) -> tuple[str, str]:
+    """Vehicle ``number``'s assignment: its state (lower case) and its previous images."""
+    with database.engine.connect() as connection:
+        state, previous = connection.execute(
+            text("SELECT state, previous FROM campaign_assignment WHERE vin = :vin"),
+            {"vin": vin(number)},
+        ).one()
+    return str(state).lower(), previous

@@ -34,6 +34,7 @@ from tests.server.campaigns.support import (
     ALICE,
     OLD_SHA,
     add_vehicle,
+    assignment_state,
     publish,
     start_campaign,
     vin,
@@ -79,12 +80,7 @@ class Fleet:
         return as_utc(offered)
 
     def state(self, number: int) -> tuple[str, str]:
-        with self.database.engine.connect() as connection:
-            state, previous = connection.execute(
-                text("SELECT state, previous FROM campaign_assignment WHERE vin = :vin"),
-                {"vin": vin(number)},
-            ).one()
-        return str(state).lower(), previous
+        return assignment_state(self.database, number)
 
 
 @pytest.fixture

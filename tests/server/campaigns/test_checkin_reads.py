@@ -29,6 +29,7 @@ from tests.server.campaigns.support import (
     NEW_SHA,
     OLD_SHA,
     add_vehicle,
+    assignment_state,
     publish,
     start_campaign,
     vin,
@@ -49,13 +50,8 @@ class Fleet:
             presence=LastSeenBuffer(), quiet=self.quiet,
         )  # fmt: skip
 
-    def state(self, number: int) -> tuple[str, str | None]:
-        with self.database.engine.connect() as connection:
-            state, previous = connection.execute(
-                text("SELECT state, previous FROM campaign_assignment WHERE vin = :vin"),
-                {"vin": vin(number)},
-            ).one()
-        return str(state).lower(), previous
+    def state(self, number: int) -> tuple[str, str]:
+        return assignment_state(self.database, number)
 
 
 @pytest.fixture
