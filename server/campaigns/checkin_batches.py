@@ -19,7 +19,7 @@ from server.campaigns.checkin_statements import (
     READ_CHECK_IN,
     READ_CHECK_INS,
     TAKE_ALL_STILL_PENDING,
-    TAKE_IF_STILL_PENDING,
+    TAKE_ONE_NOT_LOCKED,
 )
 from server.store import Database
 from server.store.coalesce import DEFAULT_GATHER_SECONDS, DEFAULT_MAX_BATCH, CoalescedCalls
@@ -68,7 +68,8 @@ class CheckInBatches:
 
     def take(self, parameters: Mapping[str, Any]) -> bool:
         """Takes an assignment as ``TAKE_IF_STILL_PENDING`` does with ``parameters``, in the
-        next batch; whether it was taken. Blocking code inside :meth:`Database.run_on_loop`."""
+        next batch, unless another transaction holds its row (the batch never waits for a
+        lock); whether it was taken. Blocking code inside :meth:`Database.run_on_loop`."""
         return self._takes.call(parameters)
 
     def _read(self, vins: list[str]) -> list[list[Any]]:
@@ -95,7 +96,7 @@ class CheckInBatches:
             connection = opened.execution_options(isolation_level="AUTOCOMMIT")
             if len(first) == 1:  # as for a lone read
                 (take,) = first.values()
-                done = TAKE_IF_STILL_PENDING.execute(connection, take) == 1
+                done = TAKE_ONE_NOT_LOCKED.execute(connection, take) == 1
                 return [done and each is take for each in takes]
             taken = TAKE_ALL_STILL_PENDING.rows(
                 connection,

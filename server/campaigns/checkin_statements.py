@@ -192,6 +192,26 @@ TAKE_IF_STILL_PENDING = DirectStatement(
     .values(**TAKEN)
 )
 
+
+def _not_locked_elsewhere(ids: Any) -> Any:
+    """The assignments among ``ids`` no other transaction holds a row lock on (locked
+    now): a batch of takes must not wait for a lock, as every take after it would wait too.
+    A check-in whose assignment is skipped runs the transaction, which waits alone."""
+    unlocked = ASSIGNMENTS.alias("unlocked")
+    return ASSIGNMENTS.c.id.in_(
+        sql_select(unlocked.c.id).where(unlocked.c.id == ids).with_for_update(skip_locked=True)
+    )
+
+
+# The take of a batch of one check-in.
+TAKE_ONE_NOT_LOCKED = DirectStatement(
+    update(ASSIGNMENTS)
+    .prefix_with(EPOCH_UNCHANGED)
+    .where(ASSIGNMENTS.c.id == bindparam("assignment_id"))
+    .where(_not_locked_elsewhere(bindparam("assignment_id")))
+    .where(STILL_PENDING)
+    .values(**TAKEN)
+)
 # Several assignments at once (concurrent check-ins' takes, coalesced), each with its own
 # moment and previous images; returns the ids taken.
 TAKING = sql_select(
@@ -203,6 +223,7 @@ TAKE_ALL_STILL_PENDING = DirectStatement(
     update(ASSIGNMENTS)
     .prefix_with(EPOCH_UNCHANGED)
     .where(ASSIGNMENTS.c.id == TAKING.c.id)
+    .where(_not_locked_elsewhere(any_(bindparam("assignment_ids", type_=ARRAY(Integer)))))
     .where(STILL_PENDING)
     .values(
         {

@@ -41,6 +41,9 @@ from tests.server.campaigns.support import (
 )
 
 VEHICLES = (1, 2, 3, 4, 5, 6)
+# The check-in transaction's lock on the open assignment (the takes without a transaction
+# only skip rows locked elsewhere: FOR UPDATE SKIP LOCKED).
+TRANSACTION_LOCK = "FOR UPDATE OF campaign_assignment"
 
 
 @dataclass
@@ -116,7 +119,7 @@ async def test_first_offers_together_take_one_read_and_one_take(fleet: Fleet) ->
     assert len(fleet.writes()) == 1, "one take for all six assignments"
     assert "unnest" in fleet.writes()[0]
     assert EPOCH_UNCHANGED in fleet.writes()[0], "the epoch watcher reads nothing after it"
-    assert not any("FOR UPDATE" in s for s in fleet.statements), "no transaction"
+    assert not any(TRANSACTION_LOCK in s for s in fleet.statements), "no transaction"
     for number in VEHICLES:
         assert fleet.state(number) == ("in_progress", json.dumps({f"gw-{number}": OLD_SHA}))
         # Each check-in's own moment, stored as the single take stores it.
@@ -162,7 +165,7 @@ async def test_a_vehicle_twice_in_one_batch_is_taken_once(fleet: Fleet) -> None:
     assert fleet.state(3) == ("in_progress", json.dumps({"gw-3": OLD_SHA}))
     # The take was the first's; the second found it taken and asked the transaction.
     assert len([s for s in fleet.writes() if EPOCH_UNCHANGED in s]) == 1
-    assert any("FOR UPDATE" in s for s in fleet.statements)
+    assert any(TRANSACTION_LOCK in s for s in fleet.statements)
 
 
 async def test_a_campaign_paused_before_the_take_takes_nothing(fleet: Fleet) -> None:
@@ -205,3 +208,30 @@ async def test_no_check_in_holds_a_connection_while_its_take_waits(fleet: Fleet)
     assert all(isinstance(a, CheckInResult) and a.director is not None for a in answers)
     assert any("release_bundle_image" in s for s in fleet.statements), "the images were read"
     assert in_use == [1], "only the batch's own connection"
+
+
+async def test_a_take_never_waits_for_a_row_lock_held_elsewhere(fleet: Fleet) -> None:
+    """Another transaction holds vehicle 1's assignment: the batch takes 2 and 3 without
+    waiting; vehicle 1's check-in runs the transaction, which waits for the lock alone."""
+    holder = fleet.database.engine.connect()
+    transaction = holder.begin()
+    holder.execute(
+        text("SELECT id FROM campaign_assignment WHERE vin = :vin FOR UPDATE"), {"vin": vin(1)}
+    )
+    try:
+        locked = asyncio.ensure_future(fleet.check_in(1))
+        free = [asyncio.ensure_future(fleet.check_in(n)) for n in (2, 3)]
+        # A guard against a hang, not a measure: these need nothing vehicle 1's lock holds.
+        done, _ = await asyncio.wait(free, timeout=30)
+        assert done == set(free), "the batch's take waited for another vehicle's lock"
+        assert all(task.result().director is not None for task in free)
+        assert not locked.done(), "vehicle 1 waits for its own lock, in the transaction"
+    finally:
+        transaction.commit()
+        holder.close()
+    first = await locked
+    assert first.director is not None, "taken once the lock was released"
+    for number in (1, 2, 3):
+        assert fleet.state(number)[0] == "in_progress"
+    assert len([s for s in fleet.writes() if "unnest" in s]) == 1
+    assert any(TRANSACTION_LOCK in s for s in fleet.statements), "vehicle 1's transaction"
