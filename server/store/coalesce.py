@@ -6,7 +6,8 @@ same machine, each far more than reading one more vehicle in the same statement.
 :class:`CoalescedCalls` takes what concurrent callers ask while a batch is in flight and
 sends it as the next batch, one statement for all of them (group commit, for reads): a
 lone caller is answered by a statement of its own, as before, and a busy server sends
-fewer, larger ones. At most one batch is in flight, so a batch must never wait for a lock.
+fewer, larger ones. At most one batch is in flight, so a batch must never wait for a lock
+(a write skips rows locked elsewhere, and leaves those callers to wait on their own).
 """
 
 from __future__ import annotations
