@@ -366,8 +366,7 @@ def _answer_from_reads(
         def connection() -> Connection:
             # Taken on first use: an answer from a coalesced read may need none.
             if not autocommit:
-                taken = opened.enter_context(database.engine.connect())
-                autocommit.append(taken.execution_options(isolation_level="AUTOCOMMIT"))
+                autocommit.append(opened.enter_context(database.autocommit()))
             return autocommit[0]
 
         batched = batches if batches is not None and batches.applies(database) else None

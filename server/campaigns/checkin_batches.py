@@ -73,14 +73,14 @@ class CheckInBatches:
         return self._takes.call(parameters)
 
     def _read(self, vins: list[str]) -> list[list[Any]]:
-        with self._database.engine.connect() as opened:
-            connection = opened.execution_options(isolation_level="AUTOCOMMIT")
-            if len(set(vins)) == 1:
+        distinct = list(set(vins))
+        with self._database.autocommit() as connection:
+            if len(distinct) == 1:
                 # The statement of a lone check-in: PostgreSQL plans it once, where the
                 # array's would be planned again at every execution (and its array costs
                 # psycopg more to send).
-                return [READ_CHECK_IN.rows(connection, {"vin": vins[0]})] * len(vins)
-            rows = READ_CHECK_INS.rows(connection, {"vins": list(set(vins))})
+                return [READ_CHECK_IN.rows(connection, {"vin": distinct[0]})] * len(vins)
+            rows = READ_CHECK_INS.rows(connection, {"vins": distinct})
         by_vin: dict[str, list[Any]] = {}
         for row in rows:
             by_vin.setdefault(row.vehicle_vin, []).append(row)
@@ -92,8 +92,7 @@ class CheckInBatches:
         first: dict[int, Mapping[str, Any]] = {}
         for take in takes:
             first.setdefault(take["assignment_id"], take)
-        with self._database.engine.connect() as opened:
-            connection = opened.execution_options(isolation_level="AUTOCOMMIT")
+        with self._database.autocommit() as connection:
             if len(first) == 1:  # as for a lone read
                 (take,) = first.values()
                 done = TAKE_ONE_NOT_LOCKED.execute(connection, take) == 1

@@ -11,6 +11,7 @@ import json
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -25,6 +26,10 @@ class _BundleImage:
     sha256: str
     length: int
     hardware_id: str
+
+
+def _image_of(row: Any) -> _BundleImage:
+    return _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
 
 
 # A bundle never changes once created (nor does an image), so each process reads a
@@ -42,8 +47,7 @@ def _bundle_images(
     images = cache.get(bundle_id)
     if images is None:
         images = tuple(
-            _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connect().execute(LOAD_BUNDLE, {"bundle_id": bundle_id})
+            _image_of(row) for row in connect().execute(LOAD_BUNDLE, {"bundle_id": bundle_id})
         )
         if len(cache) >= _MAX_BUNDLES:
             cache.clear()
@@ -73,9 +77,10 @@ def offer_targets(
     pairs: list[tuple[_BundleImage, EcuSpec]]
     if targets:
         wanted: dict[str, str] = json.loads(targets)
+        names = sorted(set(wanted.values()))
         images = {
-            row.target_name: _BundleImage(row.target_name, row.sha256, row.length, row.hardware_id)
-            for row in connect().execute(LOAD_IMAGES, {"names": sorted(set(wanted.values()))})
+            row.target_name: _image_of(row)
+            for row in connect().execute(LOAD_IMAGES, {"names": names})
         }
         pairs = [(images[wanted[e.serial]], e) for e in ecus if wanted.get(e.serial) in images]
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import greenlet_spawn
@@ -281,6 +281,13 @@ class Database:
             engine = self._loop_engine[1]
             self._loop_engine = None
             await engine.dispose()
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection of :attr:`engine` in autocommit: each statement stands alone,
+        no ``BEGIN`` or ``COMMIT`` (reads, and writes of one statement)."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def without_waiting(self) -> Iterator[None]:
