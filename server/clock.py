@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 # Returns the current moment, UTC-aware.
 Clock = Callable[[], datetime]
 
+# The last second system_clock() answered, and its moment: every check-in asks the clock
+# (its presence), thousands of times within one second. Replaced whole, so threads may race.
+_last_second: tuple[int, datetime] = (-1, datetime.fromtimestamp(0, UTC))
+
 
 def system_clock() -> datetime:
     """The wall clock, UTC, to the second."""
-    return datetime.now(UTC).replace(microsecond=0)
+    global _last_second  # noqa: PLW0603 - a one-entry cache of the current second
+    second = int(time.time())
+    last = _last_second
+    if last[0] != second:
+        last = (second, datetime.fromtimestamp(second, UTC))
+        _last_second = last
+    return last[1]
 
 
 def as_utc(moment: datetime) -> datetime:

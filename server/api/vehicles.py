@@ -13,7 +13,7 @@ from staffel.v1 import vehicle_pb2, vehicle_pb2_grpc
 
 from server.api.convert import timestamp
 from server.api.database_work import DatabaseWork
-from server.campaigns.checkin import CheckInResult, check_in, check_in_quietly
+from server.campaigns.checkin import CheckInResult, answered_from_memory, check_in
 from server.campaigns.checkin_batches import CheckInBatches
 from server.campaigns.events import EventKind, FailureType, ReportedEvent, record_events
 from server.campaigns.offers import QuietVehicles
@@ -132,7 +132,10 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self, request: vehicle_pb2.CheckInRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vehicle_pb2.CheckInResponse:
         if request.heartbeat:
-            return await self._heartbeat_check_in(request)
+            admitted = self._heartbeat_from_memory(request)
+            if isinstance(admitted, AcceptedHeartbeat):
+                return await self._heartbeat_check_in(request, admitted)
+            return admitted
         if not request.manifest and self._answers_keyless_quietly(request):
             return self._nothing_to_do[False]
         ecus = _ecus_of(request)
@@ -161,45 +164,60 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         """Most check-ins: a vehicle without ECU keys (and no manifest sent) that had nothing
         to do and reports the same. True when it is answered "nothing to do" from memory
         (its presence noted); False when the usual path must decide."""
-        if not self._manifests.keyless_now(request.vin) or self._quietly(request) is None:
+        if not self._manifests.keyless_now(request.vin) or not self._from_memory(request):
             return False
         self._checkins_nothing_to_do.inc()
         return True
 
-    def _quietly(self, request: vehicle_pb2.CheckInRequest) -> CheckInResult | None:
-        """:func:`check_in_quietly` for the request as it came (no ECU conversion): the
-        answer from memory when the vehicle is quiet, else None."""
+    def _from_memory(self, request: vehicle_pb2.CheckInRequest) -> bool:
+        """:func:`answered_from_memory` for the request as it came (no ECU conversion)."""
         if self._quiet is None or self._presence is None:
-            return None
-        return check_in_quietly(
+            return False
+        return answered_from_memory(
             self._quiet,
             self._presence,
             vin=request.vin,
             ecus=request.ecus,
             nonce=request.nonce,
-            poll_seconds=self._poll_seconds,
             clock=self._clock,
         )
 
-    async def _heartbeat_check_in(
+    def _heartbeat_from_memory(
         self, request: vehicle_pb2.CheckInRequest
-    ) -> vehicle_pb2.CheckInResponse:
-        """A check-in carrying a heartbeat: the inventory is the signed one, nothing to store."""
+    ) -> vehicle_pb2.CheckInResponse | AcceptedHeartbeat:
+        """Admits a check-in's heartbeat (the inventory is the signed one, nothing to store).
+        Most heartbeats: the answer, from memory, without a coroutine; else the accepted
+        heartbeat, for :meth:`_heartbeat_check_in`."""
         try:
             accepted = self._manifests.admit_heartbeat(
                 request.vin, request.manifest, request.heartbeat, request.ecus
             )
-            result = self._quietly(request)
-            if result is None:
-                result = await self._record_and_check_in(request, _ecus_of(request), None, accepted)
-        except FailedPreconditionError:
-            self._heartbeats_fell_back.inc()
+            if not self._from_memory(request):
+                return accepted
+        except StaffelError as error:
+            self._count_refused_heartbeat(error)
             raise
-        except StaffelError:
-            self._heartbeats_refused.inc()
+        self._heartbeats_accepted.inc()
+        self._checkins_nothing_to_do.inc()
+        return self._nothing_to_do[accepted.remaining > 0]
+
+    async def _heartbeat_check_in(
+        self, request: vehicle_pb2.CheckInRequest, accepted: AcceptedHeartbeat
+    ) -> vehicle_pb2.CheckInResponse:
+        """The check-in of an accepted heartbeat the database must answer."""
+        try:
+            result = await self._record_and_check_in(request, _ecus_of(request), None, accepted)
+        except StaffelError as error:
+            self._count_refused_heartbeat(error)
             raise
         self._heartbeats_accepted.inc()
         return self._answer(result, chain_held=accepted.remaining > 0)
+
+    def _count_refused_heartbeat(self, error: StaffelError) -> None:
+        if isinstance(error, FailedPreconditionError):
+            self._heartbeats_fell_back.inc()  # the vehicle signs a manifest instead
+        else:
+            self._heartbeats_refused.inc()
 
     async def _check_in_admitted(
         self,
@@ -211,11 +229,10 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
     ) -> CheckInResult:
         """The check-in of an admitted request: from memory when quiet, else the database."""
         # Quiet: answered from memory on the event loop, no thread, no SQL.
-        result = self._quietly(request) if quiet else None
-        if result is None:
-            # The manifest is stored before the Director is asked.
-            result = await self._record_and_check_in(request, ecus, manifest)
-        return result
+        if quiet and self._from_memory(request):
+            return CheckInResult(next_poll_seconds=self._poll_seconds)
+        # The manifest is stored before the Director is asked.
+        return await self._record_and_check_in(request, ecus, manifest)
 
     def _check_in_keyless(
         self, request: vehicle_pb2.CheckInRequest, ecus: list[EcuSpec]

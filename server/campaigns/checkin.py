@@ -228,31 +228,31 @@ def _plan(text: str) -> CampaignPlan:
     return CampaignPlan.from_json(text)
 
 
-def check_in_quietly(
+def answered_from_memory(
     quiet: QuietVehicles,
     presence: LastSeenBuffer,
     *,
     vin: str,
     ecus: Sequence[ReportedEcu],
     nonce: bytes,
-    poll_seconds: int,
     clock: Clock = system_clock,
-) -> CheckInResult | None:
-    """The answer from memory for a vehicle known to have nothing to do; no I/O.
+) -> bool:
+    """Whether a vehicle known to have nothing to do, reporting the same, is answered from
+    memory ("nothing to do", poll as usual); its presence is noted then. No I/O.
 
-    Returns None when the database must decide (unknown vehicle, changed inventory, or
-    the offer epoch moved since the vehicle was last seen quiet).
+    False when the database must decide (unknown vehicle, changed inventory, or the offer
+    epoch moved since the vehicle was last seen quiet).
 
     Raises:
         InvalidArgumentError: malformed request.
     """
     if not quiet.is_quiet(vin, ecus):
-        return None
+        return False
     # The VIN and the inventory were validated when the vehicle was remembered, and it
     # reports the same: only the nonce is new.
     _check_nonce(nonce)
     presence.mark(vin, clock())
-    return CheckInResult(next_poll_seconds=poll_seconds)
+    return True
 
 
 def check_in(
@@ -281,7 +281,7 @@ def check_in(
         clock: The server's clock.
         presence: Buffers last-seen moments (the server's); None writes them in the
             check-in's own transaction at most once per ``LAST_SEEN_RESOLUTION``.
-        quiet: Remembers vehicles with nothing to do, for :func:`check_in_quietly`.
+        quiet: Remembers vehicles with nothing to do, for :func:`answered_from_memory`.
         keyless: The check-in carries no manifest on the strength of the vehicle having
             had no ECU keys; confirmed in the same read as the registry, so a key
             registered since refuses the check-in before anything is stored.

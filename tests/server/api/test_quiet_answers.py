@@ -158,3 +158,51 @@ async def test_a_quiet_vehicle_with_keys_is_never_answered_without_its_manifest(
         keyless = await stub.CheckIn(_request(KEYLESS))
         assert keyless.WhichOneof("outcome") == "nothing_to_do"
         assert not keyless.heartbeat_chain_held
+
+
+def _heartbeats(server: StaffelServer, outcome: str) -> float:
+    return float(server.metrics.heartbeats.labels(outcome)._value.get())
+
+
+async def test_heartbeats_are_counted_by_outcome_from_memory_and_from_the_database(
+    server: StaffelServer, stub: vehicle_pb2_grpc.VehicleServiceStub, tmp_path: Path
+) -> None:
+    key = EcuKey.generate(tmp_path / "gw.key")
+    gateway = EcuSpec(f"gw-{SIGNED}", "gw-x1", True, "", key.public_key_json())
+    provision_vehicle(server.database, vin=vin(SIGNED), model="sedan", ecus=[gateway])
+    server.quiet.refresh(server.database)
+    chain = HeartbeatChain.new({f"gw-{SIGNED}": ""}, length=8)
+
+    chain, early = chain.advanced()
+    with pytest.raises(grpc.aio.AioRpcError) as no_chain:
+        await stub.CheckIn(_request(SIGNED, installed="", heartbeat=early))
+    assert no_chain.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _heartbeats(server, "fell_back") == 1
+
+    for _ in range(2):  # the second is remembered quiet
+        committed = await stub.CheckIn(
+            _request(SIGNED, installed="", manifest=_signed(SIGNED, key, chain))
+        )
+        assert committed.heartbeat_chain_held
+    nothing_to_do = _nothing_to_do(server)
+    chain, link = chain.advanced()
+    beat = await stub.CheckIn(_request(SIGNED, installed="", heartbeat=link))
+    assert (beat.WhichOneof("outcome"), beat.heartbeat_chain_held) == ("nothing_to_do", True)
+    assert (_heartbeats(server, "accepted"), _nothing_to_do(server)) == (1, nothing_to_do + 1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as replayed:
+        await stub.CheckIn(_request(SIGNED, installed="", heartbeat=link))
+    assert replayed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    chain, link = chain.advanced()
+    with pytest.raises(grpc.aio.AioRpcError) as short_nonce:
+        await stub.CheckIn(_request(SIGNED, installed="", heartbeat=link, nonce=b"8 bytes."))
+    assert short_nonce.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _heartbeats(server, "refused") == 2
+
+    # Not remembered quiet (as after a campaign started): the database answers.
+    server.quiet.forget(vin(SIGNED))
+    chain, link = chain.advanced()
+    beat = await stub.CheckIn(_request(SIGNED, installed="", heartbeat=link))
+    assert (beat.WhichOneof("outcome"), beat.heartbeat_chain_held) == ("nothing_to_do", True)
+    assert _heartbeats(server, "accepted") == 2
+    assert _nothing_to_do(server) == nothing_to_do + 2
