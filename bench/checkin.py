@@ -38,9 +38,10 @@ flight) then measure, each for ``--seconds``:
   "serving" / "nothing to do" through a real gRPC client.
 
 The two "nothing to do" rows the goal is judged on (from memory without keys, and
-heartbeats) are measured in windows that alternate with windows of the no-op, three of
-each, and each is judged against the no-op windows it alternated with: a machine whose
-speed drifts by 15 % in a minute moves both alike.
+heartbeats) are measured in windows that alternate with windows of the no-op (six of each,
+1.7 s long; ``--small``: three of 1 s), and each is judged against the no-op windows it
+alternated with: a machine whose speed drifts by 15 % in a minute moves both alike. The
+ratio of each pair of windows is printed too, to show how much the machine wandered.
 
 Every warm pass (the first check-in of each vehicle, which may store a manifest) is
 followed by a few seconds in which the server writes what the pass left behind (its
@@ -59,6 +60,7 @@ import hashlib
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import struct
@@ -73,6 +75,7 @@ from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -113,8 +116,11 @@ HEARTBEAT_RATE = 20_000
 # Seconds a warm pass is given to settle before a window: the server's last-seen flush
 # (every 5 s) and log checkpoint (every 1 s) write what the pass left, charged to no row.
 SETTLE_SECONDS = 6.0
-# Windows of the no-op and of a goal's check-in, taken in turn (see alternate()).
+# Windows of the no-op and of a goal's check-in, taken in turn (see alternate()): at least
+# this many of each, each at least WINDOW_SECONDS long (more windows, shorter: a change of
+# the machine's speed within the run is shared more evenly).
 ALTERNATIONS = 3
+WINDOW_SECONDS = 1.5
 
 
 def vin(n: int) -> str:
@@ -148,6 +154,8 @@ class Figure:
     generator_cpu: float = float("nan")  # CPU seconds of the load generator (h2load rows)
     # Heartbeat rows: links of its chain each vehicle has revealed so far.
     walked: dict[int, int] = field(default_factory=dict)
+    # A row merged from alternating windows: each window's rate, in order.
+    window_rates: tuple[float, ...] = ()
 
     @property
     def rate(self) -> float:
@@ -169,6 +177,9 @@ class Figure:
 class Server:
     """One ``staffel-server`` process."""
 
+    # Started and not stopped yet: stopped on the way out, even when the bench fails.
+    running: ClassVar[list[Server]] = []
+
     def __init__(self, root: Path, name: str, args: Sequence[str]) -> None:
         ready = root / f"{name}.ready"
         ready.unlink(missing_ok=True)
@@ -179,9 +190,11 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        Server.running.append(self)
         deadline = time.monotonic() + READY_TIMEOUT
         while not ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise SystemExit(f"staffel-server did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.05)
 
@@ -203,6 +216,14 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self in Server.running:
+            Server.running.remove(self)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stops every server still running."""
+        for server in list(cls.running):
+            server.stop()
 
 
 H2LOAD_NONCE = bytes(range(16))
@@ -425,7 +446,13 @@ def merged(name: str, figures: Sequence[Figure]) -> Figure:
         errors=sum(f.errors for f in figures),
         latencies=[x for f in figures for x in f.latencies],
         server_cpu=sum(f.server_cpu for f in figures),
+        window_rates=tuple(f.rate for f in figures),
     )
+
+
+def alternations(sizes: Sizes) -> int:
+    """How many windows of each kind :func:`alternate` takes in ``sizes.seconds``."""
+    return max(ALTERNATIONS, int(sizes.seconds / WINDOW_SECONDS))
 
 
 def alternate(
@@ -439,14 +466,15 @@ def alternate(
     sizes: Sizes,
     heartbeat_links: int = 0,
 ) -> tuple[Figure, Figure]:
-    """The no-op and one kind of check-in in alternating windows (``ALTERNATIONS`` of each,
-    ``sizes.seconds`` in all for each), so that a drift of the machine's speed during the
-    run moves both alike: (no-op, the kind), each merged over its windows."""
-    window = sizes.seconds / ALTERNATIONS
+    """The no-op and one kind of check-in in alternating windows (:func:`alternations` of
+    each, ``sizes.seconds`` in all for each), so that a drift of the machine's speed during
+    the run moves both alike: (no-op, the kind), each merged over its windows."""
+    count = alternations(sizes)
+    window = sizes.seconds / count
     baselines: list[Figure] = []
     rows: list[Figure] = []
     walked: dict[int, int] = {}
-    for _ in range(ALTERNATIONS):
+    for _ in range(count):
         baselines.append(
             measure(
                 pool, servers, target, name="no-op", kind="noop", numbers=numbers, sizes=sizes,
@@ -910,9 +938,12 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                 baseline,
             )  # fmt: skip
             for row, paired in ((warm_quiet, quiet_noop), (signed_heartbeat, heartbeat_noop)):
+                each = zip(row.window_rates, paired.window_rates, strict=True)
                 print(
                     f"  {row.name}: {row.rate:,.0f}/s against {paired.rate:,.0f}/s no-op in "
-                    f"{ALTERNATIONS} alternating windows each: {row.rate / paired.rate:.2f}x; "
+                    f"{len(row.window_rates)} alternating windows each: "
+                    f"{row.rate / paired.rate:.2f}x (window by window "
+                    f"{', '.join(f'{mine / theirs:.2f}' for mine, theirs in each)}); "
                     f"server CPU {row.cpu_per_call_us:.0f} against {paired.cpu_per_call_us:.0f} "
                     f"us a call ({paired.cpu_per_call_us / row.cpu_per_call_us:.2f}x)"
                 )
@@ -1060,7 +1091,12 @@ def main() -> int:
         sizes = Sizes(100_000, 15_000, 20_000, 2_000, 10.0, args.clients, args.concurrency)
     if args.seconds:
         sizes = replace(sizes, seconds=args.seconds)
-    run(sizes, args.database_url)
+    # A bench stopped half-way (Ctrl-C, SIGTERM, an error) leaves no server running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        run(sizes, args.database_url)
+    finally:
+        Server.stop_all()
     return 0
 
 
