@@ -446,6 +446,7 @@ def merged(name: str, figures: Sequence[Figure]) -> Figure:
         errors=sum(f.errors for f in figures),
         latencies=[x for f in figures for x in f.latencies],
         server_cpu=sum(f.server_cpu for f in figures),
+        generator_cpu=sum(f.generator_cpu for f in figures),
         window_rates=tuple(f.rate for f in figures),
     )
 
@@ -799,6 +800,64 @@ def wait_presigned(http_port: int, released: int) -> tuple[int, float]:
         time.sleep(0.2)
 
 
+def pinned_rows(
+    pool: ProcessPoolExecutor,
+    h2load: str,
+    root: Path,
+    stored: list[str],
+    *,
+    quiet: list[int],
+    offered: list[int],
+    bodies: tuple[Path, Path, Path],
+    sizes: Sizes,
+) -> dict[int, tuple[Figure, Figure, Figure]]:
+    """h2load's rows for 1 and 2 server processes, one per core (``stored``: the servers'
+    data and database options)."""
+    pinned: dict[int, tuple[Figure, Figure, Figure]] = {}
+    # One process per core: each server confined to a core of its own, h2load to
+    # the next core where there is one (the 2-process run on 2 cores: none). Both
+    # groups run at once, each on a port of its own, and their windows alternate,
+    # so that a change of the machine's speed moves both alike.
+    groups: dict[int, tuple[str, list[Server]]] = {}
+    for count in (1, 2):
+        address = f"127.0.0.1:{_free_port()}"
+        own = [*stored, "--grpc-listen", address]
+        own += ["--http-listen", f"127.0.0.1:{_free_port()}"]
+        servers = [
+            Server(root, f"pinned-{count}-{i}", [*own, "--reuse-port"]) for i in range(count)
+        ]
+        for cpu, each in enumerate(servers):
+            each.pin(cpu)
+        for _ in range(2 * count):
+            warm(pool, address, quiet, sizes)
+        answers = asyncio.run(_answers(address, quiet[0], offered[0]))
+        if answers != ("SERVING", "nothing_to_do", "update"):
+            raise SystemExit(f"h2load's requests would not measure what they say: {answers}")
+        groups[count] = (address, servers)
+    turns = alternations(sizes)
+    windows: dict[int, list[tuple[Figure, Figure, Figure]]] = {1: [], 2: []}
+    for _ in range(turns):
+        for count, (address, servers) in groups.items():
+            spare = {count} if (os.cpu_count() or 1) > count else None
+            label = f"{count} process{'es' if count > 1 else ''}, pinned"
+            windows[count].append(
+                h2load_rows(
+                    h2load, servers, address, label=label, bodies=bodies,
+                    seconds=max(1.0, round(sizes.seconds / turns)), cpus=spare,
+                )
+            )  # fmt: skip
+    for count, (_, servers) in groups.items():
+        for each in servers:
+            each.stop()
+        rows = windows[count]
+        pinned[count] = (
+            merged(rows[0][0].name, [row[0] for row in rows]),
+            merged(rows[0][1].name, [row[1] for row in rows]),
+            merged(rows[0][2].name, [row[2] for row in rows]),
+        )
+    return pinned
+
+
 def cores_busy(rows: dict[int, tuple[Figure, Figure, Figure]]) -> None:
     """Prints how many cores the servers and h2load kept busy in each h2load window."""
     for figure in (*rows[1], *rows[2]):
@@ -847,10 +906,10 @@ def run(sizes: Sizes, database_url: str | None) -> None:
         init_keyset(root / "keys")
         grpc_port, http_port = _free_port(), _free_port()
         target = f"127.0.0.1:{grpc_port}"
-        common = ["--data-dir", str(data_dir), "--keys-dir", str(root / "keys")]
-        common += ["--grpc-listen", target, "--http-listen", f"127.0.0.1:{http_port}"]
+        stored = ["--data-dir", str(data_dir), "--keys-dir", str(root / "keys")]
         if database_url:
-            common += ["--database-url", database_url]
+            stored += ["--database-url", database_url]
+        common = [*stored, "--grpc-listen", target, "--http-listen", f"127.0.0.1:{http_port}"]
         # Pre-signing off in this process, so its first offers sign at the check-in.
         server = Server(root, "server", [*common, "--presign-interval", "0"])
         manager = _token(data_dir, database_url, "bench-manager", "release_manager")
@@ -962,7 +1021,6 @@ def run(sizes: Sizes, database_url: str | None) -> None:
             bodies = (noop_body, quiet_body, repeat_body)
             scaled: dict[int, tuple[Figure, Figure]] = {}
             light: dict[int, tuple[Figure, Figure, Figure]] = {}
-            pinned: dict[int, tuple[Figure, Figure, Figure]] = {}
             for count in (1, 2):
                 servers = [
                     Server(root, f"reuse-{count}-{i}", [*common, "--reuse-port"])
@@ -991,25 +1049,10 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                 )
                 for each in servers:
                     each.stop()
-            # One process per core: each server confined to a core of its own, h2load to
-            # the next core where there is one (the 2-process run on 2 cores: none).
-            for count in (1, 2):
-                servers = [
-                    Server(root, f"pinned-{count}-{i}", [*common, "--reuse-port"])
-                    for i in range(count)
-                ]
-                for cpu, each in enumerate(servers):
-                    each.pin(cpu)
-                for _ in range(2 * count):
-                    warm(pool, target, quiet, sizes)
-                spare = {count} if (os.cpu_count() or 1) > count else None
-                label = f"{count} process{'es' if count > 1 else ''}, pinned"
-                pinned[count] = h2load_rows(
-                    h2load, servers, target, label=label, bodies=bodies, seconds=sizes.seconds,
-                    cpus=spare,
-                )  # fmt: skip
-                for each in servers:
-                    each.stop()
+            pinned = pinned_rows(
+                pool, h2load, root, stored, quiet=quiet, offered=offered, bodies=bodies,
+                sizes=sizes,
+            )  # fmt: skip
         base1 = scaled[1][0].rate
         table(
             "Processes sharing the port (--reuse-port); ratios against the 1-process no-op",
@@ -1040,8 +1083,8 @@ def run(sizes: Sizes, database_url: str | None) -> None:
         )
         table(
             "One process per core: each server confined to its own core, h2load to a spare "
-            "core where there is one (none for 2 processes on 2 cores); ratios against the "
-            "1-process no-op",
+            "core where there is one (none for 2 processes on 2 cores); the 1- and 2-process "
+            "windows alternate; ratios against the 1-process no-op",
             [*pinned[1], *pinned[2]],
             pinned[1][0].rate,
         )
