@@ -770,6 +770,13 @@ async def _answers(target: str, quiet_number: int, offered_number: int) -> tuple
     )
 
 
+def check_h2load_answers(target: str, quiet_number: int, offered_number: int) -> None:
+    """Stops the bench unless h2load's three requests answer what their rows say."""
+    answers = asyncio.run(_answers(target, quiet_number, offered_number))
+    if answers != ("SERVING", "nothing_to_do", "update"):
+        raise SystemExit(f"h2load's requests would not measure what they say: {answers}")
+
+
 def _metric(http_port: int, name: str) -> float:
     """One unlabelled sample of the server's /metrics (0 when absent)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as answer:
@@ -830,9 +837,7 @@ def pinned_rows(
             each.pin(cpu)
         for _ in range(2 * count):
             warm(pool, address, quiet, sizes)
-        answers = asyncio.run(_answers(address, quiet[0], offered[0]))
-        if answers != ("SERVING", "nothing_to_do", "update"):
-            raise SystemExit(f"h2load's requests would not measure what they say: {answers}")
+        check_h2load_answers(address, quiet[0], offered[0])
         groups[count] = (address, servers)
     turns = alternations(sizes)
     windows: dict[int, list[tuple[Figure, Figure, Figure]]] = {1: [], 2: []}
@@ -1039,11 +1044,7 @@ def run(sizes: Sizes, database_url: str | None) -> None:
                         numbers=quiet, sizes=sizes,
                     ),
                 )  # fmt: skip
-                answers = asyncio.run(_answers(target, quiet[0], offered[0]))
-                if answers != ("SERVING", "nothing_to_do", "update"):
-                    raise SystemExit(
-                        f"h2load's requests would not measure what they say: {answers}"
-                    )
+                check_h2load_answers(target, quiet[0], offered[0])
                 light[count] = h2load_rows(
                     h2load, servers, target, label=label, bodies=bodies, seconds=sizes.seconds
                 )

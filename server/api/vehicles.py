@@ -119,6 +119,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         self._poll_seconds = poll_seconds
         # Every "nothing to do" answer is one of these two (is the heartbeat chain held?):
         # built once, serialized by gRPC for each call, never changed.
+        self._quiet_result = CheckInResult(next_poll_seconds=poll_seconds)  # never changed
         self._nothing_to_do = {
             held: vehicle_pb2.CheckInResponse(
                 nothing_to_do=vehicle_pb2.NothingToDo(),
@@ -230,7 +231,7 @@ class VehicleServicer(vehicle_pb2_grpc.VehicleServiceServicer):
         """The check-in of an admitted request: from memory when quiet, else the database."""
         # Quiet: answered from memory on the event loop, no thread, no SQL.
         if quiet and self._from_memory(request):
-            return CheckInResult(next_poll_seconds=self._poll_seconds)
+            return self._quiet_result
         # The manifest is stored before the Director is asked.
         return await self._record_and_check_in(request, ecus, manifest)
 
